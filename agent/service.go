@@ -1,0 +1,423 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/signal"
+	"github.com/shoal-deploy/shoal/swap"
+	"github.com/shoal-deploy/shoal/swarm"
+)
+
+// ServiceStatus is one service on one host, as GET /v1/status reports it.
+type ServiceStatus struct {
+	Service    string     `json:"service"`
+	State      core.State `json:"state"`
+	StateSince time.Time  `json:"state_since"`
+	// Phase is the step within draining: drain, switch, activate, health, revert.
+	Phase string `json:"phase,omitempty"`
+	// Desired is the build Consul asks for; Seq its release number.
+	Desired   string   `json:"desired,omitempty"`
+	Seq       int64    `json:"seq,omitempty"`
+	Current   string   `json:"current,omitempty"`
+	Previous  string   `json:"previous,omitempty"`
+	Installed []string `json:"installed,omitempty"`
+	// Fetch is the last transfer this service ran; nil if the last
+	// deploy needed none (the build was already on disk, as in a rollback).
+	Fetch *FetchStatus `json:"fetch,omitempty"`
+	// BytesReceived counts every piece byte this service ever fetched on this host.
+	BytesReceived int64        `json:"bytes_received"`
+	LastError     string       `json:"last_error,omitempty"`
+	LastErrorAt   *time.Time   `json:"last_error_at,omitempty"`
+	History       []Transition `json:"history,omitempty"`
+	// HandledIndex is the Consul ModifyIndex of the last release fully handled.
+	HandledIndex uint64 `json:"handled_index"`
+}
+
+// FetchStatus is one build transfer.
+type FetchStatus struct {
+	Build string `json:"build"`
+	swarm.Progress
+	// DownRate and UpRate are bytes/s over the last second.
+	DownRate float64    `json:"down_rate"`
+	UpRate   float64    `json:"up_rate"`
+	Started  time.Time  `json:"started"`
+	Finished *time.Time `json:"finished,omitempty"`
+}
+
+// Transition is one state change, kept for `shoal status` and the logs.
+type Transition struct {
+	From core.State `json:"from"`
+	To   core.State `json:"to"`
+	At   time.Time  `json:"at"`
+	// Seconds spent in From.
+	Seconds float64 `json:"seconds"`
+	Build   string  `json:"build,omitempty"`
+	Note    string  `json:"note,omitempty"`
+}
+
+const historyLen = 20
+
+// service is one service's deploy state machine. run is its only writer.
+type service struct {
+	a     *Agent
+	name  string
+	cfg   ServiceConfig
+	store *swap.Store
+	log   zerolog.Logger
+	wake  chan struct{}
+
+	mu sync.RWMutex    // guards st and x: written by run, read by snapshot
+	st ServiceStatus   // the state
+	x  *swarm.Transfer // the last fetch's transfer, for live progress
+
+	latestMu    sync.Mutex    // guards latest and cancelFetch
+	latest      *core.Release // newest release seen by the watch
+	cancelFetch func()        // aborts the fetch in progress when a newer build is asked for
+	fetching    string        // the build being fetched
+}
+
+func newService(a *Agent, name string, cfg ServiceConfig, st *swap.Store) *service {
+	s := &service{a: a, name: name, cfg: cfg, store: st, wake: make(chan struct{}, 1),
+		log: a.log.With().Str("service", name).Logger()}
+	s.st = ServiceStatus{Service: name, State: core.StateIdle, StateSince: time.Now().UTC()}
+	if b, err := os.ReadFile(s.statePath()); err == nil {
+		if err := json.Unmarshal(b, &s.st); err != nil {
+			s.log.Warn().Err(err).Str("file", s.statePath()).Msg("ignoring unreadable state file")
+		}
+	}
+	s.st.Service = name
+	s.st.Current, s.st.Previous, s.st.Installed = st.Current(), st.Previous(), st.Installed()
+	switch s.st.State {
+	case core.StateFetching, core.StateVerifying, core.StateReady, core.StateDraining:
+		// interrupted mid-deploy: the release will be handled again
+		s.st.HandledIndex = 0
+	}
+	return s
+}
+
+func (s *service) statePath() string { return filepath.Join(s.store.Root(), "state.json") }
+
+func (s *service) snapshot() ServiceStatus {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := s.st
+	st.History = append([]Transition(nil), s.st.History...)
+	if s.st.Fetch != nil {
+		f := *s.st.Fetch
+		if s.x != nil {
+			p := s.x.Progress()
+			f.Uploaded = p.Uploaded // keeps growing while this host seeds
+			f.Peers = p.Peers
+		}
+		st.Fetch = &f
+	}
+	return st
+}
+
+// update mutates the state under the lock and persists it.
+func (s *service) update(f func(st *ServiceStatus)) {
+	s.mu.Lock()
+	f(&s.st)
+	b, _ := json.MarshalIndent(s.st, "", "  ")
+	s.mu.Unlock()
+	if err := writeFileAtomic(s.statePath(), b); err != nil {
+		s.log.Error().Err(err).Msg("cannot persist state")
+	}
+}
+
+// to moves the machine to state `to`, logging one line with the time spent in the old state.
+func (s *service) to(to core.State, build, note string) {
+	now := time.Now().UTC()
+	var from core.State
+	var took time.Duration
+	s.update(func(st *ServiceStatus) {
+		from, took = st.State, now.Sub(st.StateSince)
+		st.History = append(st.History, Transition{From: from, To: to, At: now, Seconds: took.Seconds(), Build: build, Note: note})
+		if len(st.History) > historyLen {
+			st.History = st.History[len(st.History)-historyLen:]
+		}
+		st.State, st.StateSince, st.Phase = to, now, ""
+		st.Current, st.Previous, st.Installed = s.store.Current(), s.store.Previous(), s.store.Installed()
+	})
+	ev := s.log.Info()
+	if to == core.StateFailed {
+		ev = s.log.Error()
+	}
+	ev.Str("build", build).Str("from", string(from)).Str("to", string(to)).Dur("took", took).Str("note", note).Msg("state")
+}
+
+func (s *service) fail(build string, err error) {
+	now := time.Now().UTC()
+	s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = err.Error(), &now })
+	s.to(core.StateFailed, build, err.Error())
+}
+
+// onRelease is the watch callback: remember the newest release, abort a
+// fetch of a build nobody wants any more, and wake the machine.
+func (s *service) onRelease(r *core.Release) {
+	s.latestMu.Lock()
+	s.latest = r
+	if s.cancelFetch != nil && s.fetching != r.Build {
+		s.cancelFetch()
+	}
+	s.latestMu.Unlock()
+	s.log.Info().Str("build", r.Build).Int64("seq", r.Seq).Bool("rollback", r.Rollback).Str("by", r.By).Msg("release signalled")
+	s.poke()
+}
+
+func (s *service) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *service) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = s.a.sig.Watch(ctx, s.name, s.onRelease) }()
+	defer wg.Wait()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-retry.C:
+		}
+		s.latestMu.Lock()
+		r := s.latest
+		s.latestMu.Unlock()
+		s.mu.RLock()
+		handled := s.st.HandledIndex
+		s.mu.RUnlock()
+		if r == nil || r.ModifyIndex == handled {
+			continue
+		}
+		err := s.apply(ctx, r)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errSuperseded):
+			backoff = 0
+			s.poke()
+		case errors.Is(err, errRetry):
+			backoff = min(max(2*backoff, time.Second), 30*time.Second)
+			s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("deploy step failed; will retry")
+			retry.Reset(backoff)
+		default:
+			backoff = 0
+			s.update(func(st *ServiceStatus) { st.HandledIndex = r.ModifyIndex })
+		}
+	}
+}
+
+var (
+	errSuperseded = errors.New("superseded by a newer release")
+	errRetry      = errors.New("transient")
+)
+
+// apply drives the host toward release r. Errors wrapped in errRetry are
+// retried; errSuperseded means a newer release arrived; anything else (or
+// nil) ends the handling of r.
+func (s *service) apply(ctx context.Context, r *core.Release) error {
+	build := r.Build
+	s.update(func(st *ServiceStatus) { st.Desired, st.Seq = build, r.Seq })
+	if s.store.Current() == build {
+		s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = "", nil })
+		if s.snapshot().State != core.StateActive {
+			s.to(core.StateActive, build, "already live")
+		}
+		return nil
+	}
+	fetched := false
+	if !s.store.Has(build) {
+		m, err := s.manifest(ctx, build)
+		if err != nil {
+			if errors.Is(err, signal.ErrNotFound) || errors.Is(err, core.ErrInvalidManifest) {
+				s.fail(build, err)
+				return err
+			}
+			return fmt.Errorf("%w: %v", errRetry, err)
+		}
+		if err := s.fetch(ctx, m); err != nil {
+			return err
+		}
+		s.to(core.StateVerifying, build, "")
+		if err := s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			s.fail(build, fmt.Errorf("verify %s on %s: %w; the live release (%s) is untouched", build, s.a.cfg.Swarm.Node, err, orNone(s.store.Current())))
+			return err
+		}
+		s.to(core.StateReady, build, "")
+		fetched = true
+	}
+	if !fetched {
+		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
+	}
+	s.to(core.StateDraining, build, "")
+	err := s.store.Activate(ctx, s.name, build, s.cfg.Hooks, func(p swap.Phase) {
+		s.update(func(st *ServiceStatus) { st.Phase = string(p) })
+		s.log.Info().Str("build", build).Str("phase", string(p)).Msg("activation phase")
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.fail(build, err)
+		return err
+	}
+	s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = "", nil })
+	note := ""
+	if r.Rollback {
+		note = "rollback"
+	}
+	s.to(core.StateActive, build, note)
+	s.prune()
+	return nil
+}
+
+func orNone(b string) string {
+	if b == "" {
+		return "none"
+	}
+	return b
+}
+
+// manifest reads a build's manifest, from the local copy if there is one.
+func (s *service) manifest(ctx context.Context, build string) (*core.Manifest, error) {
+	if b, err := os.ReadFile(s.a.manifestPath(s.name, build)); err == nil {
+		if m, err := core.UnmarshalManifest(b); err == nil {
+			return m, nil
+		}
+	}
+	m, err := s.a.sig.Manifest(ctx, s.name, build)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.a.saveManifest(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// fetch pulls m's archive from the swarm, reporting progress every second.
+// A newer release for another build aborts it with errSuperseded; the
+// pieces verified so far stay on disk.
+func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.latestMu.Lock()
+	s.cancelFetch, s.fetching = cancel, m.Build
+	s.latestMu.Unlock()
+	defer func() {
+		s.latestMu.Lock()
+		s.cancelFetch, s.fetching = nil, ""
+		s.latestMu.Unlock()
+	}()
+	s.to(core.StateFetching, m.Build, fmt.Sprintf("%d bytes, origin %s", m.Size, m.Origin))
+	x, err := s.a.swarm.Add(fctx, m)
+	if err != nil {
+		if fctx.Err() != nil && ctx.Err() == nil {
+			return errSuperseded
+		}
+		if errors.Is(err, swarm.ErrBadMetaInfo) {
+			s.fail(m.Build, err)
+			return err
+		}
+		return fmt.Errorf("%w: %v", errRetry, err)
+	}
+	start := time.Now().UTC()
+	s.mu.Lock()
+	s.x = x
+	s.st.Fetch = &FetchStatus{Build: m.Build, Started: start}
+	base := s.st.BytesReceived
+	s.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- x.Wait(fctx) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var last swarm.Progress
+	lastAt, lastGain := time.Now(), time.Now()
+	sample := func(final bool) swarm.Progress {
+		p := x.Progress()
+		now := time.Now()
+		dt := now.Sub(lastAt).Seconds()
+		s.mu.Lock()
+		f := s.st.Fetch
+		f.Progress = p
+		if dt > 0 && !final {
+			f.DownRate = float64(p.Received-last.Received) / dt
+			f.UpRate = float64(p.Uploaded-last.Uploaded) / dt
+		}
+		if final {
+			t := now.UTC()
+			f.Finished, f.DownRate, f.UpRate = &t, 0, 0
+		}
+		s.st.BytesReceived = base + p.Received
+		s.mu.Unlock()
+		if p.Have > last.Have {
+			lastGain = now
+		}
+		last, lastAt = p, now
+		return p
+	}
+	for {
+		select {
+		case err := <-done:
+			p := sample(true)
+			s.update(func(*ServiceStatus) {})
+			if err == nil {
+				s.log.Info().Str("build", m.Build).Int64("bytes", p.Total).Int64("resumed", p.Resumed).
+					Int64("from_origin", p.FromOrigin).Int64("from_peers", p.FromPeers).
+					Dur("took", time.Since(start)).Msg("fetched")
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if fctx.Err() != nil {
+				s.log.Info().Str("build", m.Build).Msg("fetch abandoned: a newer release was signalled")
+				return errSuperseded
+			}
+			return fmt.Errorf("%w: %v", errRetry, err)
+		case <-tick.C:
+			p := sample(false)
+			if stall := s.a.cfg.FetchStall.D(); time.Since(lastGain) > stall {
+				now := time.Now().UTC()
+				msg := fmt.Sprintf("fetch of %s made no progress for %s (%d/%d bytes, %d peers connected, %d members); check that peers are reachable on their torrent ports",
+					m.Build, stall, p.Have, p.Total, len(p.Peers), len(s.a.swarm.Members()))
+				s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = msg, &now })
+				s.log.Warn().Str("build", m.Build).Msg(msg)
+				lastGain = time.Now()
+			}
+		}
+	}
+}
+
+// prune drops releases (and their archives) beyond KeepReleases.
+func (s *service) prune() {
+	for _, b := range s.store.Prune(s.cfg.KeepReleases) {
+		if m, err := s.manifest(context.Background(), b); err == nil {
+			if err := s.a.swarm.Drop(m); err != nil {
+				s.log.Warn().Err(err).Str("build", b).Msg("cannot drop archive")
+			}
+		}
+		s.log.Info().Str("build", b).Msg("pruned old release")
+	}
+	s.update(func(st *ServiceStatus) { st.Installed = s.store.Installed() })
+}

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/shoal-deploy/shoal/agent"
+	"github.com/shoal-deploy/shoal/core"
+)
+
+// agentFlags binds the agent's command-line flags over a config (from
+// --config, if given); flags that are set win over the file.
+type agentFlags struct {
+	config, node, dataDir, bind, api, consul, token, gossip string
+	logFormat, logLevel                                     string
+	gossipPort, torrentPort, healthRetries, keep, maxPeers  int
+	join, services                                          listFlag
+	drain, activate, healthCmd, healthURL                   string
+	hookTimeout, healthInterval, peerRefresh                time.Duration
+	up, down                                                sizeFlag
+}
+
+func runAgent(ctx context.Context, env Env, args []string) error {
+	fs := newFlags(env, "agent", "--node NAME --data-dir DIR --bind IP [flags]",
+		"Run the Shoal daemon: join the swarm, watch each service's release key in Consul,\n"+
+			"fetch new builds from peers into a cold directory, verify, drain, switch, health-check.\n"+
+			"Stops cleanly on SIGINT/SIGTERM; interrupted fetches resume on the next start.")
+	var f agentFlags
+	fs.StringVar(&f.config, "config", "", "JSON config file (unknown keys are an error); flags override it")
+	fs.StringVar(&f.node, "node", "", "unique node name in the cluster (required)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "absolute directory for archives, releases and state (required)")
+	fs.StringVar(&f.bind, "bind", "", "IP address to listen on and advertise (required)")
+	fs.StringVar(&f.api, "api", "", "local HTTP API address (default <bind>:7070)")
+	fs.StringVar(&f.consul, "consul", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&f.token, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
+	fs.Var(&f.join, "join", "gossip address of an existing member (repeatable, or comma-separated)")
+	fs.IntVar(&f.gossipPort, "gossip-port", 0, "gossip TCP/UDP port (default 7946)")
+	fs.IntVar(&f.torrentPort, "torrent-port", 0, "chunk-transfer TCP port (default 6881)")
+	fs.StringVar(&f.gossip, "gossip-profile", "", "gossip timings: lan (default) or local (fast, for tests)")
+	fs.Var(&f.services, "service", "service this host runs (repeatable); its hooks come from the flags below")
+	fs.StringVar(&f.drain, "drain", "", "drain hook: shell command run before the switch")
+	fs.StringVar(&f.activate, "activate", "", "activate hook: shell command run after the switch")
+	fs.StringVar(&f.healthCmd, "health-cmd", "", "health check command (exit 0 = healthy)")
+	fs.StringVar(&f.healthURL, "health-url", "", "health check URL (2xx = healthy)")
+	fs.IntVar(&f.healthRetries, "health-retries", 0, "health attempts before switching back (default 5)")
+	fs.DurationVar(&f.healthInterval, "health-interval", 0, "wait between health attempts (default 1s)")
+	fs.DurationVar(&f.hookTimeout, "hook-timeout", 0, "limit for each drain/activate hook (default 30s)")
+	fs.IntVar(&f.keep, "keep", 0, "releases to keep on disk per service (default 3; current and previous always stay)")
+	fs.Var(&f.up, "upload-rate", "cap on piece upload, e.g. 10MB (per second; default unlimited)")
+	fs.Var(&f.down, "download-rate", "cap on piece download, e.g. 10MB (per second; default unlimited)")
+	fs.IntVar(&f.maxPeers, "max-peers", 0, "connections per build (default 50)")
+	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often members are re-offered as peers (default 2s)")
+	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q; see `shoal agent --help`", fs.Arg(0))
+	}
+	cfg, err := f.build()
+	if err != nil {
+		return err
+	}
+	log, err := NewLogger(env.Stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(cfg, log.With().Str("node", cfg.Swarm.Node).Logger())
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func (f *agentFlags) build() (agent.Config, error) {
+	var cfg agent.Config
+	if f.config != "" {
+		var err error
+		if cfg, err = agent.LoadConfig(f.config); err != nil {
+			return cfg, err
+		}
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Swarm.Node, f.node)
+	set(&cfg.DataDir, f.dataDir)
+	set(&cfg.Swarm.BindAddr, f.bind)
+	set(&cfg.API, f.api)
+	set(&cfg.Consul.Address, f.consul)
+	set(&cfg.Consul.Token, f.token)
+	set(&cfg.Swarm.Gossip, f.gossip)
+	if len(f.join) > 0 {
+		cfg.Swarm.Join = f.join
+	}
+	if f.gossipPort != 0 {
+		cfg.Swarm.GossipPort = f.gossipPort
+	}
+	if f.torrentPort != 0 {
+		cfg.Swarm.TorrentPort = f.torrentPort
+	}
+	if f.up != 0 {
+		cfg.Swarm.UploadRate = int64(f.up)
+	}
+	if f.down != 0 {
+		cfg.Swarm.DownloadRate = int64(f.down)
+	}
+	if f.maxPeers != 0 {
+		cfg.Swarm.MaxPeers = f.maxPeers
+	}
+	if f.peerRefresh != 0 {
+		cfg.Swarm.PeerRefresh = core.Duration(f.peerRefresh)
+	}
+	if cfg.Services == nil {
+		cfg.Services = map[string]agent.ServiceConfig{}
+	}
+	for _, name := range f.services {
+		sc := cfg.Services[name]
+		h := &sc.Hooks
+		set(&h.Drain, f.drain)
+		set(&h.Activate, f.activate)
+		set(&h.HealthCmd, f.healthCmd)
+		set(&h.HealthURL, f.healthURL)
+		if f.healthRetries != 0 {
+			h.HealthRetries = f.healthRetries
+		}
+		if f.healthInterval != 0 {
+			h.HealthInterval = core.Duration(f.healthInterval)
+		}
+		if f.hookTimeout != 0 {
+			h.HookTimeout = core.Duration(f.hookTimeout)
+		}
+		if f.keep != 0 {
+			sc.KeepReleases = f.keep
+		}
+		cfg.Services[name] = sc
+	}
+	return cfg, cfg.Finish()
+}
+
+func runValidate(ctx context.Context, env Env, args []string) error {
+	fs := newFlags(env, "validate", "CONFIG.json", "Check an agent config file: strict JSON (unknown keys are errors), then every field.")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	cfg, err := agent.LoadConfig(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if err := cfg.Finish(); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s: valid (node %s, %d services: %v)\n", fs.Arg(0), cfg.Swarm.Node, len(cfg.Services), sortedKeys(cfg.Services))
+	return nil
+}

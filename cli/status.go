@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/shoal-deploy/shoal/agent"
+	"github.com/shoal-deploy/shoal/core"
+)
+
+func versionString() string { return agent.Version }
+
+// HostRow is one host's view of one service, as `shoal status --json` prints it.
+type HostRow struct {
+	Node    string               `json:"node"`
+	API     string               `json:"api,omitempty"`
+	Error   string               `json:"error,omitempty"`
+	Service *agent.ServiceStatus `json:"service,omitempty"`
+}
+
+func runStatus(ctx context.Context, env Env, args []string) error {
+	fs := newFlags(env, "status", "[SERVICE]",
+		"Show every host of the fleet, gathered through one agent (which knows the members):\n"+
+			"state, live and desired build, fetch progress, bytes from the origin vs peers, errors.\n"+
+			"With --wait, keep polling until every host has settled on the desired build; exit 0 if\n"+
+			"all are active on it, 1 if any failed.")
+	api := fs.String("api", apiDefault(env), "address of any agent's API ($SHOAL_API)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	wait := fs.Bool("wait", false, "poll until every host settled (see above)")
+	watch := fs.Bool("watch", false, "redraw every second until interrupted")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up --wait after this long")
+	pos, err := interleave(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		fs.Usage()
+		return errUsage
+	}
+	service := ""
+	if len(pos) == 1 {
+		service = pos[0]
+	}
+	c := newAPI(*api, 10*time.Second)
+	if !*wait && !*watch {
+		rows, err := fleetRows(ctx, c, service)
+		if err != nil {
+			return err
+		}
+		return printRows(env.Stdout, rows, *asJSON)
+	}
+	if *wait && service == "" {
+		return errors.New("--wait needs a SERVICE")
+	}
+	deadline := time.Now().Add(*timeout)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last := ""
+	for {
+		rows, err := fleetRows(ctx, c, service)
+		if err != nil {
+			return err
+		}
+		if *watch {
+			fmt.Fprint(env.Stdout, "\033[H\033[2J")
+			_ = printRows(env.Stdout, rows, false)
+		} else if line := progressLine(rows); line != last && !*asJSON {
+			fmt.Fprintln(env.Stderr, line)
+			last = line
+		}
+		if *wait {
+			if done, failed := settled(rows); done {
+				if *asJSON {
+					_ = printRows(env.Stdout, rows, true)
+				} else {
+					_ = printRows(env.Stdout, rows, false)
+				}
+				if failed > 0 {
+					return fmt.Errorf("%d host(s) failed; see the ERROR column", failed)
+				}
+				return nil
+			}
+			if time.Now().After(deadline) {
+				_ = printRows(env.Stdout, rows, *asJSON)
+				return fmt.Errorf("not settled after %s", *timeout)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func fleetRows(ctx context.Context, c *apiClient, service string) ([]HostRow, error) {
+	var fleet []agent.FleetHost
+	if err := c.do(ctx, "GET", "/v1/fleet", nil, &fleet); err != nil {
+		return nil, err
+	}
+	var rows []HostRow
+	for _, h := range fleet {
+		if h.Status == nil {
+			rows = append(rows, HostRow{Node: h.Member.Name, API: h.Member.API, Error: h.Error})
+			continue
+		}
+		for i := range h.Status.Services {
+			s := h.Status.Services[i]
+			if service == "" || s.Service == service {
+				rows = append(rows, HostRow{Node: h.Member.Name, API: h.Member.API, Service: &s})
+			}
+		}
+	}
+	return rows, nil
+}
+
+// settled: every host reached the desired build (active) or failed.
+func settled(rows []HostRow) (done bool, failed int) {
+	if len(rows) == 0 {
+		return false, 0
+	}
+	for _, r := range rows {
+		if r.Service == nil {
+			return false, 0
+		}
+		s := r.Service
+		switch {
+		case s.State == core.StateFailed && s.HandledIndex != 0:
+			failed++
+		case s.State == core.StateActive && s.Current == s.Desired && s.Desired != "":
+		default:
+			return false, 0
+		}
+	}
+	return true, failed
+}
+
+func progressLine(rows []HostRow) string {
+	counts := map[core.State]int{}
+	var have, total int64
+	for _, r := range rows {
+		if r.Service == nil {
+			counts["unreachable"]++
+			continue
+		}
+		counts[r.Service.State]++
+		if f := r.Service.Fetch; f != nil && r.Service.Desired == f.Build {
+			have += f.Have
+			total += f.Total
+		}
+	}
+	var parts []string
+	for _, st := range []core.State{core.StateIdle, core.StateFetching, core.StateVerifying, core.StateReady,
+		core.StateDraining, core.StateActive, core.StateFailed, "unreachable"} {
+		if counts[st] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[st], st))
+		}
+	}
+	pct := ""
+	if total > 0 {
+		pct = fmt.Sprintf(" — %s of %s fetched (%.0f%%)", HumanBytes(have), HumanBytes(total), 100*float64(have)/float64(total))
+	}
+	return fmt.Sprintf("%d hosts: %s%s", len(rows), strings.Join(parts, ", "), pct)
+}
+
+func printRows(w io.Writer, rows []HostRow, asJSON bool) error {
+	if asJSON {
+		if rows == nil {
+			rows = []HostRow{}
+		}
+		return printJSON(w, rows)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSERVICE\tSTATE\tCURRENT\tDESIRED\tFETCHED\tFROM PEERS\tFROM ORIGIN\tUPLOADED\tPEERS\tERROR")
+	for _, r := range rows {
+		if r.Service == nil {
+			fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t-\t-\t-\t-\t%s\n", r.Node, r.Error)
+			continue
+		}
+		s := r.Service
+		fetched, peers, origin, up, npeers := "-", "-", "-", "-", "-"
+		if f := s.Fetch; f != nil {
+			fetched = fmt.Sprintf("%s %3.0f%%", f.Build, 100*float64(f.Have)/float64(max(f.Total, 1)))
+			peers, origin, up = HumanBytes(f.FromPeers), HumanBytes(f.FromOrigin), HumanBytes(f.Uploaded)
+			npeers = fmt.Sprint(len(f.Peers))
+		}
+		state := string(s.State)
+		if s.Phase != "" {
+			state += "/" + s.Phase
+		}
+		errText := s.LastError
+		if len(errText) > 120 {
+			errText = errText[:117] + "..."
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, s.Service, state, dash(s.Current), dash(s.Desired),
+			fetched, peers, origin, up, npeers, errText)
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

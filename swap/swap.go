@@ -1,0 +1,252 @@
+// Package swap owns a service's release directories on one host: it
+// verifies a fetched archive, unpacks it into a cold directory, moves it
+// into releases/<build>, and makes it live by draining the app, switching
+// the `current` symlink atomically, activating and health-checking it. A
+// failed health check switches back by itself. The previous release always
+// stays on disk, so a rollback is a symlink switch that moves no bytes.
+//
+// Layout under the service root:
+//
+//	releases/<build>/   unpacked, verified trees (never modified once here)
+//	cold/               unpacks in progress; removed on failure
+//	current  -> releases/<build>   the live release
+//	previous -> releases/<build>   what `current` pointed to before
+//
+// Nothing in this package ever deletes what `current` or `previous` point to.
+package swap
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/rs/zerolog"
+)
+
+// Sentinel errors; check with errors.Is.
+var (
+	// ErrVerifyFailed: the archive's SHA-256 does not match the manifest.
+	ErrVerifyFailed = errors.New("verification failed")
+	// ErrDrainFailed: the drain hook failed or timed out; nothing was switched.
+	ErrDrainFailed = errors.New("drain failed")
+	// ErrHealthFailed: the new release did not become healthy; the host switched back.
+	ErrHealthFailed = errors.New("health check failed")
+	// ErrNotInstalled: the build is not in releases/ on this host.
+	ErrNotInstalled = errors.New("release not installed on this host")
+)
+
+// Store is one service's release area on this host. Its methods are not
+// safe for concurrent use: the agent's per-service goroutine is its owner.
+type Store struct {
+	root string
+	log  zerolog.Logger
+}
+
+// Open prepares (creating if needed) the release area at root and removes
+// leftovers of interrupted unpacks.
+func Open(root string, log zerolog.Logger) (*Store, error) {
+	for _, d := range []string{root, filepath.Join(root, "releases")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("swap: open %s: %w", root, err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(root, "cold")); err != nil {
+		return nil, fmt.Errorf("swap: clean cold dir: %w", err)
+	}
+	return &Store{root: root, log: log}, nil
+}
+
+// Root is the service's release area.
+func (s *Store) Root() string { return s.root }
+
+// CurrentPath is the path of the `current` symlink apps should serve from.
+func (s *Store) CurrentPath() string { return filepath.Join(s.root, "current") }
+
+// ReleaseDir is where build lives once installed.
+func (s *Store) ReleaseDir(build string) string { return filepath.Join(s.root, "releases", build) }
+
+// Current is the live build, or "" if none.
+func (s *Store) Current() string { return s.link("current") }
+
+// Previous is the build that was live before Current, or "".
+func (s *Store) Previous() string { return s.link("previous") }
+
+func (s *Store) link(name string) string {
+	t, err := os.Readlink(filepath.Join(s.root, name))
+	if err != nil {
+		return ""
+	}
+	return filepath.Base(t)
+}
+
+// Has reports whether build is installed.
+func (s *Store) Has(build string) bool {
+	fi, err := os.Stat(s.ReleaseDir(build))
+	return err == nil && fi.IsDir()
+}
+
+// Installed lists installed builds, sorted by name.
+func (s *Store) Installed() []string {
+	ents, _ := os.ReadDir(filepath.Join(s.root, "releases"))
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Verify checks the archive's SHA-256 against want (hex).
+func Verify(archive, want string) error {
+	f, err := os.Open(archive)
+	if err != nil {
+		return fmt.Errorf("swap: verify: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("swap: verify %s: %w", archive, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if !strings.EqualFold(got, want) {
+		return fmt.Errorf("swap: %w: %s has sha256 %s, manifest says %s; the build was not published from this archive — republish it", ErrVerifyFailed, filepath.Base(archive), got, want)
+	}
+	return nil
+}
+
+// Install verifies archive against sha256hex, unpacks it into a cold
+// directory and renames it into releases/<build>. On any error the cold
+// directory is removed and nothing else changes. Installing an already
+// installed build is a no-op.
+func (s *Store) Install(ctx context.Context, build, archive, sha256hex string) error {
+	if s.Has(build) {
+		return nil
+	}
+	if err := Verify(archive, sha256hex); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cold := filepath.Join(s.root, "cold")
+	if err := os.MkdirAll(cold, 0o755); err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	tmp, err := os.MkdirTemp(cold, build+".")
+	if err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+	f, err := os.Open(archive)
+	if err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	err = Unpack(f, tmp)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	if err := os.Rename(tmp, s.ReleaseDir(build)); err != nil {
+		return fmt.Errorf("swap: install %s: move into releases: %w", build, err)
+	}
+	ok = true
+	return syncDir(filepath.Join(s.root, "releases"))
+}
+
+// Switch points `current` at build atomically (temp link, rename over,
+// fsync the directory) and records the old target as `previous`.
+func (s *Store) Switch(build string) error {
+	if !s.Has(build) {
+		return fmt.Errorf("swap: switch to %s: %w", build, ErrNotInstalled)
+	}
+	old := s.Current()
+	if old == build {
+		return nil
+	}
+	if err := s.setLink("current", build); err != nil {
+		return err
+	}
+	if old != "" {
+		if err := s.setLink("previous", old); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) setLink(name, build string) error {
+	tmp := filepath.Join(s.root, "."+name+".tmp")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(filepath.Join("releases", build), tmp); err != nil {
+		return fmt.Errorf("swap: link %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.root, name)); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("swap: switch %s to %s: %w", name, build, err)
+	}
+	return syncDir(s.root)
+}
+
+// Prune removes installed releases beyond keep (oldest by modification
+// time first), never touching current or previous. It returns what it removed.
+func (s *Store) Prune(keep int) []string {
+	if keep < 2 {
+		keep = 2
+	}
+	protect := map[string]bool{s.Current(): true, s.Previous(): true}
+	type rel struct {
+		name string
+		mt   int64
+	}
+	var rs []rel
+	for _, b := range s.Installed() {
+		if fi, err := os.Stat(s.ReleaseDir(b)); err == nil {
+			rs = append(rs, rel{b, fi.ModTime().UnixNano()})
+		}
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].mt > rs[j].mt })
+	var removed []string
+	kept := 0
+	for _, r := range rs {
+		if protect[r.name] || kept < keep {
+			kept++
+			continue
+		}
+		if err := os.RemoveAll(s.ReleaseDir(r.name)); err == nil {
+			removed = append(removed, r.name)
+		} else {
+			s.log.Warn().Err(err).Str("build", r.name).Msg("prune failed")
+		}
+	}
+	return removed
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("swap: fsync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, fs.ErrInvalid) {
+		return fmt.Errorf("swap: fsync %s: %w", dir, err)
+	}
+	return nil
+}

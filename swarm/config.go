@@ -1,0 +1,87 @@
+package swarm
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/shoal-deploy/shoal/core"
+)
+
+// Config sets up one node of the swarm.
+type Config struct {
+	// Node is this host's unique name in the cluster. Required.
+	Node string `json:"node"`
+	// BindAddr is the IP address gossip and chunk transfer listen on and
+	// advertise. Required; must be reachable by the other hosts.
+	BindAddr string `json:"bind"`
+	// GossipPort is memberlist's TCP+UDP port. Default 7946.
+	GossipPort int `json:"gossip_port,omitempty"`
+	// TorrentPort is the chunk-transfer TCP port. Default 6881.
+	TorrentPort int `json:"torrent_port,omitempty"`
+	// Join lists gossip addresses (host or host:port) of any existing
+	// members. Empty: this node starts a cluster of its own.
+	Join []string `json:"join,omitempty"`
+	// APIAddr is the agent's HTTP API address, advertised to the cluster so
+	// `shoal status` can reach every host through any one of them.
+	APIAddr string `json:"-"`
+	// DataDir holds the build archives and the piece-completion database.
+	DataDir string `json:"-"`
+	// UploadRate and DownloadRate cap chunk traffic in bytes per second; 0 is unlimited.
+	UploadRate   int64 `json:"upload_rate,omitempty"`
+	DownloadRate int64 `json:"download_rate,omitempty"`
+	// MaxPeers caps connections per build. Default 50.
+	MaxPeers int `json:"max_peers,omitempty"`
+	// PeerRefresh is how often every member is re-offered to every transfer
+	// as a peer (a peer offered before it had the build is not retried by
+	// the torrent engine on its own). Default 2s.
+	PeerRefresh core.Duration `json:"peer_refresh,omitempty"`
+	// JoinRetry is how often to retry joining while no other member is known. Default 2s.
+	JoinRetry core.Duration `json:"join_retry,omitempty"`
+	// Gossip picks memberlist timings: "lan" (default, tuned for up to a
+	// few hundred hosts) or "local" (fast failure detection for tests).
+	Gossip string `json:"gossip,omitempty"`
+}
+
+func (c *Config) applyDefaults() {
+	if c.GossipPort == 0 {
+		c.GossipPort = 7946
+	}
+	if c.TorrentPort == 0 {
+		c.TorrentPort = 6881
+	}
+	if c.MaxPeers == 0 {
+		c.MaxPeers = 50
+	}
+	if c.PeerRefresh == 0 {
+		c.PeerRefresh = core.Duration(2 * time.Second)
+	}
+	if c.JoinRetry == 0 {
+		c.JoinRetry = core.Duration(2 * time.Second)
+	}
+	if c.Gossip == "" {
+		c.Gossip = "lan"
+	}
+}
+
+// Validate reports config errors.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Node == "" {
+		errs = append(errs, errors.New("swarm: node name is required (--node)"))
+	}
+	if ip := net.ParseIP(c.BindAddr); ip == nil || ip.IsUnspecified() {
+		errs = append(errs, fmt.Errorf("swarm: bind address %q must be one concrete IP the other hosts can reach (--bind)", c.BindAddr))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("swarm: data dir is required"))
+	}
+	if c.UploadRate < 0 || c.DownloadRate < 0 {
+		errs = append(errs, errors.New("swarm: rates must not be negative"))
+	}
+	if c.Gossip != "lan" && c.Gossip != "local" {
+		errs = append(errs, fmt.Errorf("swarm: gossip profile %q: use lan or local", c.Gossip))
+	}
+	return errors.Join(errs...)
+}

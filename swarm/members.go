@@ -1,0 +1,146 @@
+package swarm
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/rs/zerolog"
+)
+
+// Member is one host of the cluster as gossip sees it.
+type Member struct {
+	Name string `json:"name"`
+	// Gossip is the memberlist address.
+	Gossip string `json:"gossip"`
+	// Torrent is where the host serves pieces.
+	Torrent string `json:"torrent,omitempty"`
+	// API is the host's agent API address.
+	API string `json:"api,omitempty"`
+	// State is alive, suspect, dead or left.
+	State string `json:"state"`
+}
+
+// nodeMeta is gossiped with every member; memberlist caps it at 512 bytes.
+type nodeMeta struct {
+	Torrent string `json:"t"`
+	API     string `json:"a,omitempty"`
+}
+
+// delegate answers memberlist. It must never call back into Members():
+// memberlist holds its lock while calling these.
+type delegate struct{ s *Swarm }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(nodeMeta{Torrent: d.s.TorrentAddr(), API: d.s.cfg.APIAddr})
+	if len(b) > limit {
+		// Addresses are short; this is a programming error, not an input error.
+		panic(fmt.Sprintf("swarm: node meta %d bytes exceeds memberlist's %d", len(b), limit))
+	}
+	return b
+}
+func (delegate) NotifyMsg([]byte)                {}
+func (delegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (delegate) LocalState(bool) []byte          { return nil }
+func (delegate) MergeRemoteState([]byte, bool)   {}
+
+func (d delegate) NotifyJoin(n *memberlist.Node) {
+	d.s.log.Info().Str("peer", n.Name).Str("addr", n.Address()).Msg("member joined")
+	select {
+	case d.s.nudge <- struct{}{}:
+	default:
+	}
+}
+func (d delegate) NotifyLeave(n *memberlist.Node) {
+	d.s.log.Info().Str("peer", n.Name).Msg("member left or failed")
+}
+func (d delegate) NotifyUpdate(*memberlist.Node) {}
+
+func (s *Swarm) startGossip() error {
+	var mc *memberlist.Config
+	if s.cfg.Gossip == "local" {
+		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 500 * time.Millisecond
+		mc.SuspicionMult = 3
+	} else {
+		mc = memberlist.DefaultLANConfig()
+	}
+	// Faster convergence for fleets of 100+: gossip to more nodes, more
+	// often; push/pull full state regularly so late joiners catch up.
+	mc.GossipNodes = 4
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.PushPullInterval = 10 * time.Second
+	mc.Name = s.cfg.Node
+	mc.BindAddr = s.cfg.BindAddr
+	mc.BindPort = s.cfg.GossipPort
+	mc.AdvertiseAddr = s.cfg.BindAddr
+	mc.AdvertisePort = s.cfg.GossipPort
+	mc.Delegate = delegate{s}
+	mc.Events = delegate{s}
+	s.logw = logWriter(s.log)
+	mc.LogOutput = s.logw
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("swarm: gossip on %s:%d: %w", s.cfg.BindAddr, s.cfg.GossipPort, err)
+	}
+	s.ml = ml
+	return nil
+}
+
+// Members lists the cluster as this host sees it, sorted by name.
+func (s *Swarm) Members() []Member {
+	var out []Member
+	for _, n := range s.ml.Members() {
+		m := Member{Name: n.Name, Gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: stateName(n.State)}
+		var meta nodeMeta
+		if json.Unmarshal(n.Meta, &meta) == nil {
+			m.Torrent, m.API = meta.Torrent, meta.API
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	default:
+		return "left"
+	}
+}
+
+// logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into zerolog events.
+func logWriter(log zerolog.Logger) *io.PipeWriter {
+	r, w := io.Pipe()
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			line := sc.Text()
+			if i := strings.Index(line, "["); i >= 0 {
+				line = line[i:]
+			}
+			lvl := zerolog.DebugLevel
+			switch {
+			case strings.HasPrefix(line, "[ERR"):
+				lvl = zerolog.WarnLevel
+			case strings.HasPrefix(line, "[WARN"):
+				lvl = zerolog.InfoLevel
+			}
+			log.WithLevel(lvl).Str("component", "memberlist").Msg(line)
+		}
+	}()
+	return w
+}

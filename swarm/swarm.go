@@ -1,0 +1,254 @@
+// Package swarm is how Shoal hosts find each other and share builds. A
+// memberlist gossip cluster tells every host who else is up and where its
+// chunk-transfer and API endpoints are; an anacrolix/torrent client then
+// moves each build archive between them in verified pieces. Every host
+// that has pieces serves them, so the more hosts fetch a build, the more
+// hosts upload it. DHT, trackers, PEX and UPnP are off: peers come only
+// from the membership, and are re-offered to every transfer as members
+// join and periodically, so no peer waits forever.
+package swarm
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/anacrolix/torrent/storage"
+	"github.com/hashicorp/memberlist"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+)
+
+// Sentinel errors; check with errors.Is.
+var (
+	// ErrClosed: the swarm is shut down.
+	ErrClosed = errors.New("swarm closed")
+	// ErrBadMetaInfo: a manifest's metainfo does not decode or does not match its info hash.
+	ErrBadMetaInfo = errors.New("bad torrent metainfo")
+)
+
+// Swarm is one host's membership in the cluster and its chunk-transfer engine.
+type Swarm struct {
+	cfg Config
+	log zerolog.Logger
+	ml  *memberlist.Memberlist
+	cl  *torrent.Client
+	pc  storage.PieceCompletion
+
+	nudge chan struct{} // a member joined: offer peers now
+	logw  *io.PipeWriter
+
+	mu        sync.RWMutex // guards transfers and names
+	transfers map[*torrent.Torrent]*Transfer
+	names     map[torrent.PeerID]string // peer id -> node name, from membership
+}
+
+// PeerIDFor is the BitTorrent peer id a node uses, derived from its name
+// so every host can tell which member sent it a piece.
+func PeerIDFor(node string) torrent.PeerID {
+	var id torrent.PeerID
+	sum := sha1.Sum([]byte(node))
+	copy(id[:], "-SH0100-")
+	copy(id[8:], hex.EncodeToString(sum[:])[:12])
+	return id
+}
+
+// New starts listening for gossip and chunk transfers. Call Run to join
+// the cluster and keep peers flowing, and Close when done.
+func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1),
+		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}}
+	archives := filepath.Join(cfg.DataDir, "archives")
+	if err := os.MkdirAll(archives, 0o755); err != nil {
+		return nil, fmt.Errorf("swarm: %w", err)
+	}
+	pc, err := storage.NewBoltPieceCompletion(archives)
+	if err != nil {
+		return nil, fmt.Errorf("swarm: piece database in %s: %w (is another agent using this data dir?)", archives, err)
+	}
+	s.pc = pc
+	tc := torrent.NewDefaultClientConfig()
+	tc.DefaultStorage = storage.NewFileOpts(storage.NewFileClientOpts{
+		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(),
+		TorrentDirMaker: func(base string, _ *metainfo.Info, _ metainfo.Hash) string { return base },
+	})
+	tc.ListenHost = func(string) string { return cfg.BindAddr }
+	tc.ListenPort = cfg.TorrentPort
+	tc.PublicIp4 = net.ParseIP(cfg.BindAddr).To4()
+	tc.NoDHT, tc.DisableTrackers, tc.DisablePEX, tc.NoDefaultPortForwarding = true, true, true, true
+	tc.DisableUTP, tc.DisableIPv6, tc.DisableWebtorrent, tc.DisableWebseeds = true, true, true, true
+	tc.Seed = true
+	pid := PeerIDFor(cfg.Node)
+	tc.PeerID = string(pid[:])
+	tc.HeaderObfuscationPolicy = torrent.HeaderObfuscationPolicy{} // plaintext: a private fleet, CPU matters
+	tc.EstablishedConnsPerTorrent = cfg.MaxPeers
+	tc.HalfOpenConnsPerTorrent = cfg.MaxPeers
+	tc.TotalHalfOpenConns = 4 * cfg.MaxPeers
+	tc.DialRateLimiter = rate.NewLimiter(200, 50)
+	tc.MinDialTimeout = time.Second
+	tc.NominalDialTimeout = 5 * time.Second
+	tc.Slogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.UploadRate > 0 {
+		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(cfg.UploadRate), 0)
+	}
+	if cfg.DownloadRate > 0 {
+		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(cfg.DownloadRate), 0)
+	}
+	tc.Callbacks.ReceivedUsefulData = append(tc.Callbacks.ReceivedUsefulData, s.onUseful)
+	s.cl, err = torrent.NewClient(tc)
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("swarm: chunk transfer listener on %s:%d: %w", cfg.BindAddr, cfg.TorrentPort, err)
+	}
+	if err := s.startGossip(); err != nil {
+		s.cl.Close()
+		pc.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func falseOpt() (o optBool) { o.Set(false); return }
+
+// TorrentAddr is where this host serves pieces.
+func (s *Swarm) TorrentAddr() string {
+	return net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(s.cl.LocalPort()))
+}
+
+// GossipAddr is this host's memberlist address.
+func (s *Swarm) GossipAddr() string {
+	n := s.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Run joins the cluster (retrying until it has company) and re-offers
+// members as peers to every transfer until ctx is done. It returns nil
+// when ctx is cancelled, after leaving the cluster.
+func (s *Swarm) Run(ctx context.Context) error {
+	joinTick := time.NewTicker(s.cfg.JoinRetry.D())
+	defer joinTick.Stop()
+	peerTick := time.NewTicker(s.cfg.PeerRefresh.D())
+	defer peerTick.Stop()
+	s.join()
+	s.refreshPeers()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = s.ml.Leave(time.Second)
+			return nil
+		case <-joinTick.C:
+			if s.ml.NumMembers() < 2 {
+				s.join()
+			}
+		case <-s.nudge:
+			s.refreshPeers()
+		case <-peerTick.C:
+			s.refreshPeers()
+		}
+	}
+}
+
+func (s *Swarm) join() {
+	if len(s.cfg.Join) == 0 {
+		return
+	}
+	var addrs []string
+	for _, a := range s.cfg.Join {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			a = net.JoinHostPort(a, "7946")
+		}
+		if a != s.GossipAddr() {
+			addrs = append(addrs, a)
+		}
+	}
+	n, err := s.ml.Join(addrs)
+	if err != nil && n == 0 {
+		s.log.Warn().Err(err).Strs("join", addrs).Msg("cannot join the cluster yet; will retry")
+		return
+	}
+	s.log.Debug().Int("contacted", n).Int("members", s.ml.NumMembers()).Msg("joined cluster")
+}
+
+// refreshPeers offers every member's torrent address to every transfer.
+// Called from Run only, never from a memberlist callback.
+func (s *Swarm) refreshPeers() {
+	members := s.Members()
+	names := make(map[torrent.PeerID]string, len(members))
+	var peers []torrent.PeerInfo
+	for _, m := range members {
+		names[PeerIDFor(m.Name)] = m.Name
+		if m.Name == s.cfg.Node || m.Torrent == "" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(m.Torrent)
+		if err != nil {
+			continue
+		}
+		peers = append(peers, torrent.PeerInfo{
+			Id: PeerIDFor(m.Name), Addr: addrPort{ap}, Source: torrent.PeerSourceDirect, Trusted: true,
+		})
+	}
+	s.mu.Lock()
+	s.names = names
+	ts := make([]*torrent.Torrent, 0, len(s.transfers))
+	for t := range s.transfers {
+		ts = append(ts, t)
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
+		t.AddPeers(peers)
+	}
+}
+
+type addrPort struct{ netip.AddrPort }
+
+func (a addrPort) Network() string { return "tcp" }
+
+// Close stops transfers and gossip and releases the data dir.
+func (s *Swarm) Close() error {
+	err := s.ml.Shutdown()
+	s.logw.Close()
+	s.cl.Close()
+	if cerr := s.pc.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (s *Swarm) onUseful(ev torrent.ReceivedUsefulDataEvent) {
+	pc, ok := ev.Peer.TryAsPeerConn()
+	if !ok {
+		return
+	}
+	n := int64(len(ev.Message.Piece))
+	s.mu.RLock()
+	x := s.transfers[ev.Peer.Torrent()]
+	name, known := s.names[pc.PeerID]
+	s.mu.RUnlock()
+	if x == nil {
+		return
+	}
+	if !known {
+		name = "?" + pc.RemoteAddr.String()
+	}
+	x.mu.Lock()
+	x.from[name] += n
+	x.mu.Unlock()
+}

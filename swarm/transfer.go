@@ -1,0 +1,264 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/bencode"
+	"github.com/anacrolix/torrent/metainfo"
+
+	"github.com/shoal-deploy/shoal/core"
+)
+
+// ArchiveName is the file name a build's archive has on every host.
+func ArchiveName(service, build string) string { return service + "@" + build + ".tar" }
+
+// ArchivePath is where this host keeps (or will fetch) a build's archive.
+func (s *Swarm) ArchivePath(service, build string) string {
+	return filepath.Join(s.cfg.DataDir, "archives", ArchiveName(service, build))
+}
+
+// PieceLength picks a piece size for an archive of size bytes: small
+// pieces spread a small build across many peers quickly, large pieces
+// keep hashing and bookkeeping cheap for big builds.
+func PieceLength(size int64) int64 {
+	switch {
+	case size < 32<<20:
+		return 256 << 10
+	case size < 256<<20:
+		return 1 << 20
+	case size < 2<<30:
+		return 2 << 20
+	default:
+		return 4 << 20
+	}
+}
+
+// Describe hashes an archive already at ArchivePath(service, build) and
+// fills in the manifest's size, SHA-256, piece length, info hash and
+// metainfo. It reads the file twice (SHA-256, then piece hashes).
+func (s *Swarm) Describe(m *core.Manifest) error {
+	path := s.ArchivePath(m.Service, m.Build)
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("swarm: describe: %w", err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("swarm: describe %s: %w", path, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("swarm: describe %s: archive is empty", path)
+	}
+	info := metainfo.Info{PieceLength: PieceLength(n)}
+	if err := info.BuildFromFilePath(path); err != nil {
+		return fmt.Errorf("swarm: piece hashes of %s: %w", path, err)
+	}
+	info.Name = ArchiveName(m.Service, m.Build)
+	ib, err := bencode.Marshal(info)
+	if err != nil {
+		return fmt.Errorf("swarm: encode info: %w", err)
+	}
+	mi := metainfo.MetaInfo{InfoBytes: ib, CreatedBy: "shoal", CreationDate: time.Now().Unix()}
+	var buf bytes.Buffer
+	if err := mi.Write(&buf); err != nil {
+		return fmt.Errorf("swarm: encode metainfo: %w", err)
+	}
+	m.Size, m.SHA256, m.PieceLength = n, hex.EncodeToString(h.Sum(nil)), info.PieceLength
+	m.InfoHash, m.MetaInfo = mi.HashInfoBytes().HexString(), buf.Bytes()
+	return nil
+}
+
+// Transfer is one build being fetched or seeded by this host.
+type Transfer struct {
+	s       *Swarm
+	t       *torrent.Torrent
+	m       *core.Manifest
+	path    string
+	started time.Time
+	// initial is what was already verified on disk when the transfer was added.
+	initial int64
+
+	mu   sync.Mutex       // guards from
+	from map[string]int64 // useful bytes received, by sending node
+}
+
+// Add starts fetching the build described by m, or seeding it if this host
+// already has every piece (as the origin does after publish, or any host
+// after a restart). Pieces verified earlier are kept: an interrupted fetch
+// resumes where it stopped. Adding a build twice returns the same Transfer.
+func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
+	mi, err := metainfo.Load(bytes.NewReader(m.MetaInfo))
+	if err != nil {
+		return nil, fmt.Errorf("swarm: %s/%s: %w: %v", m.Service, m.Build, ErrBadMetaInfo, err)
+	}
+	if got := mi.HashInfoBytes().HexString(); got != m.InfoHash {
+		return nil, fmt.Errorf("swarm: %s/%s: %w: info hash is %s, manifest says %s", m.Service, m.Build, ErrBadMetaInfo, got, m.InfoHash)
+	}
+	info, err := mi.UnmarshalInfo()
+	if err != nil || info.Name != ArchiveName(m.Service, m.Build) || info.TotalLength() != m.Size {
+		return nil, fmt.Errorf("swarm: %s/%s: %w: name or length differ from the manifest", m.Service, m.Build, ErrBadMetaInfo)
+	}
+	t, err := s.cl.AddTorrent(mi)
+	if err != nil {
+		return nil, fmt.Errorf("swarm: add %s/%s: %w", m.Service, m.Build, err)
+	}
+	s.mu.Lock()
+	if x, ok := s.transfers[t]; ok {
+		s.mu.Unlock()
+		return x, nil
+	}
+	x := &Transfer{s: s, t: t, m: m, path: s.ArchivePath(m.Service, m.Build), started: time.Now(), from: map[string]int64{}}
+	s.transfers[t] = x
+	s.mu.Unlock()
+	select {
+	case <-t.GotInfo():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	x.initial = t.BytesCompleted()
+	t.DownloadAll()
+	s.refreshPeers()
+	return x, nil
+}
+
+// Drop stops sharing a build and deletes its archive.
+func (s *Swarm) Drop(m *core.Manifest) error {
+	ih := metainfo.NewHashFromHex(m.InfoHash)
+	if t, ok := s.cl.Torrent(ih); ok {
+		s.mu.Lock()
+		delete(s.transfers, t)
+		s.mu.Unlock()
+		t.Drop()
+	}
+	err := os.Remove(s.ArchivePath(m.Service, m.Build))
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("swarm: drop %s/%s: %w", m.Service, m.Build, err)
+	}
+	return nil
+}
+
+// Path is the archive's location on this host.
+func (x *Transfer) Path() string { return x.path }
+
+// Wait blocks until every piece is verified, or ctx is done.
+func (x *Transfer) Wait(ctx context.Context) error {
+	select {
+	case <-x.t.Complete().On():
+		return nil
+	case <-x.t.Closed():
+		return fmt.Errorf("swarm: %s/%s: %w", x.m.Service, x.m.Build, ErrClosed)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Progress is a snapshot of one transfer.
+type Progress struct {
+	// Have is the number of verified bytes; Total the archive size.
+	Have  int64 `json:"have"`
+	Total int64 `json:"total"`
+	// Resumed is what was already verified on disk when the transfer began.
+	Resumed int64 `json:"resumed"`
+	// Received counts useful bytes received since the transfer began:
+	// FromOrigin from the publishing host, FromPeers from everyone else.
+	Received   int64 `json:"received"`
+	FromOrigin int64 `json:"from_origin"`
+	FromPeers  int64 `json:"from_peers"`
+	// Uploaded counts piece bytes this host sent to others.
+	Uploaded int64      `json:"uploaded"`
+	Complete bool       `json:"complete"`
+	Peers    []PeerStat `json:"peers,omitempty"`
+}
+
+// PeerStat is one connected peer of a transfer.
+type PeerStat struct {
+	Node string `json:"node"`
+	Addr string `json:"addr"`
+	// Received is useful bytes this host got from the peer over the whole transfer.
+	Received int64 `json:"received"`
+	// Pieces is how many pieces the peer has.
+	Pieces int `json:"pieces"`
+	// DownloadRate is bytes/s from the peer, recently.
+	DownloadRate float64 `json:"download_rate"`
+}
+
+// Progress reports the transfer's counters.
+func (x *Transfer) Progress() Progress {
+	st := x.t.Stats()
+	p := Progress{Have: x.t.BytesCompleted(), Total: x.m.Size, Resumed: x.initial,
+		Uploaded: st.BytesWrittenData.Int64(), Complete: x.t.Complete().Bool()}
+	x.s.mu.RLock()
+	names := x.s.names
+	x.s.mu.RUnlock()
+	x.mu.Lock()
+	from := make(map[string]int64, len(x.from))
+	for k, v := range x.from {
+		from[k] = v
+	}
+	x.mu.Unlock()
+	for node, n := range from {
+		p.Received += n
+		if node == x.m.Origin {
+			p.FromOrigin += n
+		} else {
+			p.FromPeers += n
+		}
+	}
+	for _, pc := range x.t.PeerConns() {
+		ps := pc.Stats()
+		name, ok := names[pc.PeerID]
+		if !ok {
+			name = "?"
+		}
+		p.Peers = append(p.Peers, PeerStat{Node: name, Addr: pc.RemoteAddr.String(), Received: from[name],
+			Pieces: ps.RemotePieceCount, DownloadRate: ps.DownloadRate})
+	}
+	sort.Slice(p.Peers, func(i, j int) bool { return p.Peers[i].Node < p.Peers[j].Node })
+	return p
+}
+
+// Seed is one build this host holds or is fetching.
+type Seed struct {
+	Service  string `json:"service"`
+	Build    string `json:"build"`
+	Have     int64  `json:"have"`
+	Total    int64  `json:"total"`
+	Uploaded int64  `json:"uploaded"`
+	Peers    int    `json:"peers"`
+}
+
+// Seeds lists every build this host shares, sorted by service and build.
+func (s *Swarm) Seeds() []Seed {
+	s.mu.RLock()
+	xs := make([]*Transfer, 0, len(s.transfers))
+	for _, x := range s.transfers {
+		xs = append(xs, x)
+	}
+	s.mu.RUnlock()
+	out := make([]Seed, 0, len(xs))
+	for _, x := range xs {
+		st := x.t.Stats()
+		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.t.BytesCompleted(), Total: x.m.Size,
+			Uploaded: st.BytesWrittenData.Int64(), Peers: len(x.t.PeerConns())})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Service != out[j].Service {
+			return out[i].Service < out[j].Service
+		}
+		return out[i].Build < out[j].Build
+	})
+	return out
+}
