@@ -298,15 +298,21 @@ func orNone(b string) string {
 	return b
 }
 
-// manifest reads a build's manifest, from the local copy if there is one.
+// manifest reads a build's manifest. Consul is the authority; the local
+// copy (kept for re-seeding after a restart) is used only while Consul
+// cannot be reached.
 func (s *service) manifest(ctx context.Context, build string) (*core.Manifest, error) {
-	if b, err := os.ReadFile(s.a.manifestPath(s.name, build)); err == nil {
-		if m, err := core.UnmarshalManifest(b); err == nil {
-			return m, nil
-		}
-	}
 	m, err := s.a.sig.Manifest(ctx, s.name, build)
 	if err != nil {
+		if errors.Is(err, signal.ErrNotFound) || errors.Is(err, core.ErrInvalidManifest) {
+			return nil, err
+		}
+		if b, rerr := os.ReadFile(s.a.manifestPath(s.name, build)); rerr == nil {
+			if lm, lerr := core.UnmarshalManifest(b); lerr == nil {
+				s.log.Warn().Err(err).Str("build", build).Msg("consul unreachable; using the local copy of the manifest")
+				return lm, nil
+			}
+		}
 		return nil, err
 	}
 	if err := s.a.saveManifest(m); err != nil {

@@ -86,7 +86,9 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	s.pc = pc
 	tc := torrent.NewDefaultClientConfig()
 	tc.DefaultStorage = storage.NewFileOpts(storage.NewFileClientOpts{
-		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(),
+		// v1.61 logs a spurious flush warning for .part paths even with part
+		// files off; the engine's own logs are discarded (see Slogger below).
+		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(), Logger: discard,
 		TorrentDirMaker: func(base string, _ *metainfo.Info, _ metainfo.Hash) string { return base },
 	})
 	tc.ListenHost = func(string) string { return cfg.BindAddr }
@@ -104,7 +106,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.DialRateLimiter = rate.NewLimiter(200, 50)
 	tc.MinDialTimeout = time.Second
 	tc.NominalDialTimeout = 5 * time.Second
-	tc.Slogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	tc.Slogger = discard
 	if cfg.UploadRate > 0 {
 		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(cfg.UploadRate), 0)
 	}
@@ -124,6 +126,8 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	return s, nil
 }
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func falseOpt() (o optBool) { o.Set(false); return }
 

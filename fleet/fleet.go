@@ -1,0 +1,319 @@
+// Package fleet starts real local fleets for tests, the demo and the bench:
+// a `consul agent -dev` on free loopback ports and any number of `shoal
+// agent` processes, each on its own loopback address (127.0.X.2, .3, …) so
+// that per-IP bans in the torrent engine never cut one agent off from all
+// others. Everything it starts it also stops, and it removes its temp dirs.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Consul is a running dev-mode Consul agent.
+type Consul struct {
+	// Addr is its HTTP address (host:port).
+	Addr string
+	cmd  *exec.Cmd
+	dir  string
+}
+
+// StartConsul runs `consul agent -dev` from bin with every port on free
+// loopback ports and waits until it has a leader.
+func StartConsul(ctx context.Context, bin, dir string) (*Consul, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	log, err := os.Create(filepath.Join(dir, "consul.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(ports[0]), "-server-port", strconv.Itoa(ports[1]),
+		"-serf-lan-port", strconv.Itoa(ports[2]), "-serf-wan-port", strconv.Itoa(ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("fleet: start consul %s: %w (run `make consul`)", bin, err)
+	}
+	c := &Consul{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), cmd: cmd, dir: dir}
+	if err := waitHTTP(ctx, "http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(b string) bool {
+		return strings.Contains(b, ":")
+	}); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("fleet: consul did not elect a leader (log: %s): %w", log.Name(), err)
+	}
+	return c, nil
+}
+
+// Stop ends Consul.
+func (c *Consul) Stop() {
+	if c == nil || c.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// AgentSpec describes one agent to start.
+type AgentSpec struct {
+	Node    string
+	IP      string
+	DataDir string
+	Join    []string
+	// Args are extra `shoal agent` flags (services, hooks, rates, …).
+	Args []string
+	// Env is extra environment.
+	Env []string
+}
+
+// Agent is a running `shoal agent` process.
+type Agent struct {
+	Spec AgentSpec
+	// API is its HTTP API address.
+	API string
+	Log string
+	cmd *exec.Cmd
+	// exited is closed when the process has been reaped.
+	exited chan struct{}
+}
+
+// StartAgent starts one agent process and waits for its API to answer.
+func StartAgent(ctx context.Context, bin, consul string, spec AgentSpec) (*Agent, error) {
+	if err := os.MkdirAll(spec.DataDir, 0o755); err != nil {
+		return nil, err
+	}
+	a := &Agent{Spec: spec, API: net.JoinHostPort(spec.IP, "7070"), Log: filepath.Join(spec.DataDir, "agent.log")}
+	if err := a.start(ctx, bin, consul); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) start(ctx context.Context, bin, consul string) error {
+	log, err := os.OpenFile(a.Log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	args := []string{"agent", "--node", a.Spec.Node, "--data-dir", a.Spec.DataDir, "--bind", a.Spec.IP,
+		"--consul", consul, "--gossip-profile", "local", "--log-format", "json"}
+	if len(a.Spec.Join) > 0 {
+		args = append(args, "--join", strings.Join(a.Spec.Join, ","))
+	}
+	args = append(args, a.Spec.Args...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), a.Spec.Env...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("fleet: start agent %s: %w", a.Spec.Node, err)
+	}
+	a.cmd, a.exited = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(a.exited) }()
+	if err := waitHTTP(ctx, "http://"+a.API+"/v1/health", 30*time.Second, nil); err != nil {
+		a.Kill()
+		b, _ := os.ReadFile(a.Log)
+		return fmt.Errorf("fleet: agent %s did not come up: %w\n%s", a.Spec.Node, err, tail(string(b), 2000))
+	}
+	return nil
+}
+
+// Restart starts a stopped agent again with the same spec.
+func (a *Agent) Restart(ctx context.Context, bin, consul string) error {
+	return a.start(ctx, bin, consul)
+}
+
+// Kill sends SIGKILL and waits for the process to go.
+func (a *Agent) Kill() { a.signal(syscall.SIGKILL) }
+
+// Stop sends SIGTERM, waiting up to 10s before SIGKILL.
+func (a *Agent) Stop() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(10 * time.Second):
+		a.Kill()
+	}
+}
+
+func (a *Agent) signal(sig syscall.Signal) {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-a.cmd.Process.Pid, sig)
+	<-a.exited
+}
+
+// Pid is the agent's process id.
+func (a *Agent) Pid() int { return a.cmd.Process.Pid }
+
+// Fleet is Consul plus agents.
+type Fleet struct {
+	Bin    string
+	Dir    string
+	Consul *Consul
+	Agents []*Agent
+	keep   bool
+}
+
+// Options for Start.
+type Options struct {
+	// ShoalBin and ConsulBin are the binaries (required).
+	ShoalBin, ConsulBin string
+	// N is the number of agents.
+	N int
+	// Net is the first three octets of the agents' addresses, e.g.
+	// "127.0.20": agents get .2, .3, …. Use a distinct one per concurrent user.
+	Net string
+	// Dir is where data dirs and logs go; empty makes a temp dir that Stop removes.
+	Dir string
+	// Args returns extra agent flags for agent i (0-based); may be nil.
+	Args func(i int) []string
+	// Env is extra environment for every agent.
+	Env []string
+}
+
+// Start runs Consul and N agents; agent 0 is the one others join.
+func Start(ctx context.Context, o Options) (f *Fleet, err error) {
+	if o.N < 1 || o.N > 250 {
+		return nil, fmt.Errorf("fleet: N=%d: want 1..250", o.N)
+	}
+	f = &Fleet{Bin: o.ShoalBin, Dir: o.Dir, keep: o.Dir != ""}
+	if f.Dir == "" {
+		if f.Dir, err = os.MkdirTemp("", "shoal-fleet-"); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil {
+			f.Stop()
+		}
+	}()
+	if f.Consul, err = StartConsul(ctx, o.ConsulBin, filepath.Join(f.Dir, "consul")); err != nil {
+		return f, err
+	}
+	first := o.Net + ".2"
+	for i := 0; i < o.N; i++ {
+		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: fmt.Sprintf("%s.%d", o.Net, i+2), Env: o.Env}
+		spec.DataDir = filepath.Join(f.Dir, spec.Node)
+		if i > 0 {
+			spec.Join = []string{first}
+		}
+		if o.Args != nil {
+			spec.Args = o.Args(i)
+		}
+		a, err := StartAgent(ctx, o.ShoalBin, f.Consul.Addr, spec)
+		if err != nil {
+			return f, err
+		}
+		f.Agents = append(f.Agents, a)
+	}
+	return f, nil
+}
+
+// Stop ends every process and removes the temp dir (if Start made it).
+func (f *Fleet) Stop() {
+	for _, a := range f.Agents {
+		a.Stop()
+	}
+	f.Consul.Stop()
+	if !f.keep {
+		_ = os.RemoveAll(f.Dir)
+	}
+}
+
+// Shoal runs a shoal CLI command against this fleet (Consul address and
+// agent 0's API in the environment) and returns its stdout.
+func (f *Fleet) Shoal(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, f.Bin, args...)
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+f.Consul.Addr, "SHOAL_API="+f.Agents[0].API)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("shoal %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func waitHTTP(ctx context.Context, url string, limit time.Duration, ok func(body string) bool) error {
+	deadline := time.Now().Add(limit)
+	c := &http.Client{Timeout: 2 * time.Second}
+	var last error
+	for time.Now().Before(deadline) {
+		resp, err := c.Get(url)
+		if err == nil {
+			b := make([]byte, 512)
+			n, _ := resp.Body.Read(b)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && (ok == nil || ok(string(b[:n]))) {
+				return nil
+			}
+			last = fmt.Errorf("GET %s: %s %q", url, resp.Status, b[:n])
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if last == nil {
+		last = errors.New("timed out")
+	}
+	return last
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
