@@ -49,6 +49,9 @@ func (c *Config) applyDefaults() {
 	}
 	c.Swarm.DataDir = c.DataDir
 	c.Swarm.APIAddr = c.API
+	if c.Swarm.Gossip == "" {
+		c.Swarm.Gossip = "lan"
+	}
 	if c.FetchStall == 0 {
 		c.FetchStall = core.Duration(60e9)
 	}

@@ -205,8 +205,8 @@ func (s *Store) setLink(name, build string) error {
 	return syncDir(s.root)
 }
 
-// Prune removes installed releases beyond keep (oldest by modification
-// time first), never touching current or previous. It returns what it removed.
+// Prune removes installed releases until keep remain (current and previous
+// count toward keep and are never removed; the others go oldest first). It returns what it removed.
 func (s *Store) Prune(keep int) []string {
 	if keep < 2 {
 		keep = 2
@@ -226,7 +226,15 @@ func (s *Store) Prune(keep int) []string {
 	var removed []string
 	kept := 0
 	for _, r := range rs {
-		if protect[r.name] || kept < keep {
+		if protect[r.name] {
+			kept++
+		}
+	}
+	for _, r := range rs {
+		if protect[r.name] {
+			continue
+		}
+		if kept < keep {
 			kept++
 			continue
 		}

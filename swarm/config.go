@@ -80,7 +80,7 @@ func (c Config) Validate() error {
 	if c.UploadRate < 0 || c.DownloadRate < 0 {
 		errs = append(errs, errors.New("swarm: rates must not be negative"))
 	}
-	if c.Gossip != "lan" && c.Gossip != "local" {
+	if c.Gossip != "" && c.Gossip != "lan" && c.Gossip != "local" {
 		errs = append(errs, fmt.Errorf("swarm: gossip profile %q: use lan or local", c.Gossip))
 	}
 	return errors.Join(errs...)

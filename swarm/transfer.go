@@ -128,7 +128,7 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	x.initial = t.BytesCompleted()
+	x.initial = x.verified()
 	t.DownloadAll()
 	s.refreshPeers()
 	return x, nil
@@ -148,6 +148,21 @@ func (s *Swarm) Drop(m *core.Manifest) error {
 		return fmt.Errorf("swarm: drop %s/%s: %w", m.Service, m.Build, err)
 	}
 	return nil
+}
+
+// verified counts the bytes of pieces that passed their hash check.
+// (Torrent.BytesCompleted also counts chunks of unverified pieces.)
+func (x *Transfer) verified() int64 {
+	var n, idx int64
+	pl := x.m.PieceLength
+	for _, run := range x.t.PieceStateRuns() {
+		if run.Complete {
+			end := min((idx+int64(run.Length))*pl, x.m.Size)
+			n += end - idx*pl
+		}
+		idx += int64(run.Length)
+	}
+	return n
 }
 
 // Path is the archive's location on this host.
@@ -198,7 +213,7 @@ type PeerStat struct {
 // Progress reports the transfer's counters.
 func (x *Transfer) Progress() Progress {
 	st := x.t.Stats()
-	p := Progress{Have: x.t.BytesCompleted(), Total: x.m.Size, Resumed: x.initial,
+	p := Progress{Have: x.verified(), Total: x.m.Size, Resumed: x.initial,
 		Uploaded: st.BytesWrittenData.Int64(), Complete: x.t.Complete().Bool()}
 	x.s.mu.RLock()
 	names := x.s.names
@@ -251,7 +266,7 @@ func (s *Swarm) Seeds() []Seed {
 	out := make([]Seed, 0, len(xs))
 	for _, x := range xs {
 		st := x.t.Stats()
-		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.t.BytesCompleted(), Total: x.m.Size,
+		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.verified(), Total: x.m.Size,
 			Uploaded: st.BytesWrittenData.Int64(), Peers: len(x.t.PeerConns())})
 	}
 	sort.Slice(out, func(i, j int) bool {

@@ -1,0 +1,44 @@
+# Shoal — see README.md. `make demo` runs a local fleet end to end; `make test` runs every test.
+GO       ?= go
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X github.com/shoal-deploy/shoal/agent.Version=$(VERSION)
+# Pure Go: no cgo (anacrolix/torrent's sqlite and libutp stay out).
+export CGO_ENABLED = 0
+# Tests that need the race detector need cgo; these tags keep torrent's cgo parts out.
+RACE_TAGS := nosqlite,disable_libutp
+UNIT_PKGS := ./core/... ./signal/... ./swap/... ./swarm/... ./agent/... ./cli/... ./fleet/... ./bench/...
+
+.PHONY: all build consul test unit e2e vet demo bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/shoal ./cmd/shoal
+
+# Consul v1.14.11 (MPL) is pinned as a Go tool in its own module, so the
+# product's go.mod stays lean. The first build takes minutes; later ones hit the cache.
+consul: bin/consul
+bin/consul: tools/consul/go.mod tools/consul/go.sum
+	cd tools/consul && $(GO) build -o ../../bin/consul github.com/hashicorp/consul
+	@touch bin/consul
+
+vet:
+	$(GO) vet ./...
+	$(GO) vet -tags $(RACE_TAGS) ./...
+
+unit: consul
+	CGO_ENABLED=1 $(GO) test -race -tags $(RACE_TAGS) -count=1 $(UNIT_PKGS)
+
+e2e: consul build
+	$(GO) test -count=1 -timeout 15m ./e2e/...
+
+test: vet unit e2e
+
+demo: build consul
+	./scripts/demo.sh
+
+bench: build consul
+	./bin/shoal bench --consul-bin bin/consul --out bench-out
+
+clean:
+	rm -rf bin bench-out .demo

@@ -1,0 +1,246 @@
+package swap
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"archive/tar"
+
+	"github.com/rs/zerolog"
+)
+
+func mkTree(t *testing.T, dir, tag string) {
+	t.Helper()
+	for _, d := range []string{"bin", "empty", "etc"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(p, s string, m fs.FileMode) {
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(s), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("bin/app", "#!/bin/sh\necho "+tag, 0o755)
+	write("etc/conf", "tag="+tag, 0o640)
+	if err := os.Symlink("bin/app", filepath.Join(dir, "run")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func packFile(t *testing.T, src, dst string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := Pack(src, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	return hex.EncodeToString(sum[:])
+}
+
+func TestPackUnpackKeepsModesLinksEmptyDirs(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	mkTree(t, src, "v1")
+	var a, b bytes.Buffer
+	n, err := Pack(src, &a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 6 {
+		t.Errorf("packed %d entries, want 6", n)
+	}
+	if _, err := Pack(src, &b); err != nil || !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Errorf("packing the same tree twice gave different bytes (err %v)", err)
+	}
+	if err := Unpack(bytes.NewReader(a.Bytes()), dst); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]fs.FileMode{"bin/app": 0o755, "etc/conf": 0o640, "empty": fs.ModeDir | 0o755} {
+		fi, err := os.Lstat(filepath.Join(dst, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode(); got != want {
+			t.Errorf("%s: mode %v, want %v", p, got, want)
+		}
+	}
+	if l, err := os.Readlink(filepath.Join(dst, "run")); err != nil || l != "bin/app" {
+		t.Errorf("run -> %q (%v), want bin/app", l, err)
+	}
+}
+
+func TestUnpackRefusesEscapes(t *testing.T) {
+	for name, entries := range map[string][]*tar.Header{
+		"dotdot":   {{Name: "../evil", Typeflag: tar.TypeReg, Mode: 0o644}},
+		"absolute": {{Name: "/tmp/evil", Typeflag: tar.TypeReg, Mode: 0o644}},
+		"via link": {{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/tmp"}, {Name: "l/evil", Typeflag: tar.TypeReg, Mode: 0o644}},
+		"device":   {{Name: "dev", Typeflag: tar.TypeChar, Mode: 0o644}},
+	} {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, h := range entries {
+			if err := tw.WriteHeader(h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tw.Close()
+		err := Unpack(&buf, t.TempDir())
+		if !errors.Is(err, ErrUnsafeArchive) {
+			t.Errorf("%s: got %v, want ErrUnsafeArchive", name, err)
+		}
+	}
+}
+
+func newStore(t *testing.T) (*Store, string) {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "web")
+	s, err := Open(root, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, root
+}
+
+func install(t *testing.T, s *Store, build string) {
+	t.Helper()
+	src := t.TempDir()
+	mkTree(t, src, build)
+	arch := filepath.Join(t.TempDir(), build+".tar")
+	sum := packFile(t, src, arch)
+	if err := s.Install(context.Background(), build, arch, sum); err != nil {
+		t.Fatalf("install %s: %v", build, err)
+	}
+}
+
+func TestInstallVerifyFailureLeavesNothing(t *testing.T) {
+	s, root := newStore(t)
+	src := t.TempDir()
+	mkTree(t, src, "v1")
+	arch := filepath.Join(t.TempDir(), "v1.tar")
+	packFile(t, src, arch)
+	err := s.Install(context.Background(), "v1", arch, strings.Repeat("0", 64))
+	if !errors.Is(err, ErrVerifyFailed) {
+		t.Fatalf("got %v, want ErrVerifyFailed", err)
+	}
+	if s.Has("v1") {
+		t.Error("unverified build was installed")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "cold")); len(ents) != 0 {
+		t.Errorf("cold dir not cleaned: %v", ents)
+	}
+}
+
+// recorder returns hooks that append "<phase> <build> <current target>" to a log.
+func recorder(t *testing.T) (Hooks, string) {
+	log := filepath.Join(t.TempDir(), "hooks.log")
+	rec := func(p string) string { return `echo "` + p + ` $SHOAL_BUILD $(readlink current)" >> ` + log }
+	return Hooks{Drain: rec("drain"), Activate: rec("activate"), HealthCmd: rec("health"), HealthRetries: 2}, log
+}
+
+func TestActivateOrderAndSwitch(t *testing.T) {
+	s, _ := newStore(t)
+	install(t, s, "v1")
+	install(t, s, "v2")
+	h, log := recorder(t)
+	var phases []string
+	on := func(p Phase) { phases = append(phases, string(p)) }
+	ctx := context.Background()
+	if err := s.Activate(ctx, "web", "v1", h, on); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, "web", "v2", h, on); err != nil {
+		t.Fatal(err)
+	}
+	if s.Current() != "v2" || s.Previous() != "v1" {
+		t.Errorf("current %q previous %q, want v2 v1", s.Current(), s.Previous())
+	}
+	b, _ := os.ReadFile(log)
+	want := "drain v1 \nactivate v1 releases/v1\nhealth v1 releases/v1\ndrain v2 releases/v1\nactivate v2 releases/v2\nhealth v2 releases/v2\n"
+	if string(b) != want {
+		t.Errorf("hook log:\n%s\nwant:\n%s", b, want)
+	}
+	if got := strings.Join(phases, ","); got != "drain,switch,activate,health,drain,switch,activate,health" {
+		t.Errorf("phases %s", got)
+	}
+}
+
+func TestDrainFailureSwitchesNothing(t *testing.T) {
+	s, _ := newStore(t)
+	install(t, s, "v1")
+	install(t, s, "v2")
+	ctx := context.Background()
+	if err := s.Activate(ctx, "web", "v1", Hooks{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Activate(ctx, "web", "v2", Hooks{Drain: "echo busy >&2; exit 3"}, nil)
+	if !errors.Is(err, ErrDrainFailed) || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("got %v, want ErrDrainFailed mentioning the hook output", err)
+	}
+	if s.Current() != "v1" {
+		t.Errorf("current = %q after a failed drain, want v1", s.Current())
+	}
+}
+
+func TestHealthFailureSwitchesBack(t *testing.T) {
+	s, _ := newStore(t)
+	install(t, s, "v1")
+	install(t, s, "v2")
+	ctx := context.Background()
+	if err := s.Activate(ctx, "web", "v1", Hooks{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	h := Hooks{HealthCmd: `test "$SHOAL_BUILD" != v2`, HealthRetries: 2, HealthInterval: 1}
+	err := s.Activate(ctx, "web", "v2", h, nil)
+	if !errors.Is(err, ErrHealthFailed) || !strings.Contains(err.Error(), "switched back to v1") {
+		t.Fatalf("got %v, want ErrHealthFailed and a switch back", err)
+	}
+	if s.Current() != "v1" {
+		t.Errorf("current = %q, want v1", s.Current())
+	}
+	if !s.Has("v2") {
+		t.Error("failed release was deleted; it should stay for inspection")
+	}
+}
+
+func TestHookTimeout(t *testing.T) {
+	s, _ := newStore(t)
+	install(t, s, "v1")
+	err := s.Activate(context.Background(), "web", "v1", Hooks{Drain: "sleep 5", HookTimeout: 1e8}, nil)
+	if !errors.Is(err, ErrDrainFailed) || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("got %v, want a drain timeout", err)
+	}
+	if s.Current() != "" {
+		t.Errorf("current = %q, want none", s.Current())
+	}
+}
+
+func TestPruneKeepsCurrentAndPrevious(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for _, b := range []string{"v1", "v2", "v3", "v4", "v5"} {
+		install(t, s, b)
+	}
+	for _, b := range []string{"v1", "v2"} {
+		if err := s.Activate(ctx, "web", b, Hooks{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed := s.Prune(2)
+	if len(removed) != 3 {
+		t.Errorf("removed %v, want 3 releases", removed)
+	}
+	if !s.Has("v1") || !s.Has("v2") {
+		t.Errorf("prune removed current or previous: installed %v", s.Installed())
+	}
+}

@@ -1,0 +1,151 @@
+package swarm
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/shoal-deploy/shoal/core"
+)
+
+func TestPieceLength(t *testing.T) {
+	for _, tc := range []struct{ size, want int64 }{
+		{1, 256 << 10}, {31 << 20, 256 << 10}, {64 << 20, 1 << 20}, {300 << 20, 2 << 20}, {5 << 30, 4 << 20},
+	} {
+		if got := PieceLength(tc.size); got != tc.want {
+			t.Errorf("PieceLength(%d) = %d, want %d", tc.size, got, tc.want)
+		}
+	}
+}
+
+func TestPeerIDsAreStableAndDistinct(t *testing.T) {
+	if PeerIDFor("a") != PeerIDFor("a") {
+		t.Error("peer id not stable")
+	}
+	seen := map[[20]byte]string{}
+	for i := 0; i < 1000; i++ {
+		n := fmt.Sprintf("host-%d", i)
+		id := PeerIDFor(n)
+		if o, dup := seen[id]; dup {
+			t.Fatalf("%s and %s share a peer id", o, n)
+		}
+		seen[id] = n
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	c := Config{Node: "", BindAddr: "0.0.0.0", Gossip: "wan"}
+	err := c.Validate()
+	for _, want := range []string{"node name", "bind address", "data dir", "gossip profile"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want it to mention %q", err, want)
+		}
+	}
+}
+
+// Three swarms in one process on their own loopback addresses: the origin
+// seeds a build, the others fetch it from the origin and from each other.
+func TestThreeNodeTransfer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var nodes []*Swarm
+	done := make(chan struct{})
+	running := 0
+	for i := 0; i < 3; i++ {
+		cfg := Config{Node: fmt.Sprintf("n%d", i), BindAddr: fmt.Sprintf("127.0.41.%d", i+2), DataDir: t.TempDir(),
+			Gossip: "local", PeerRefresh: core.Duration(200 * time.Millisecond), JoinRetry: core.Duration(200 * time.Millisecond)}
+		if i > 0 {
+			cfg.Join = []string{"127.0.41.2"}
+		}
+		s, err := New(cfg, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, s)
+		running++
+		go func() { _ = s.Run(ctx); done <- struct{}{} }()
+	}
+	defer func() {
+		cancel()
+		for ; running > 0; running-- {
+			<-done
+		}
+		for _, s := range nodes {
+			s.Close()
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(nodes[2].Members()) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("members = %v, want 3", nodes[2].Members())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, m := range nodes[1].Members() {
+		if m.Torrent == "" || m.State != "alive" {
+			t.Errorf("member %+v lacks a torrent address or is not alive", m)
+		}
+	}
+
+	m := &core.Manifest{Service: "web", Build: "v1", Origin: "n0"}
+	data := make([]byte, 3<<20+12345)
+	_, _ = rand.Read(data)
+	if err := os.WriteFile(nodes[0].ArchivePath("web", "v1"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[0].Describe(m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Size != int64(len(data)) || m.PieceLength != 256<<10 {
+		t.Errorf("described size %d piece %d", m.Size, m.PieceLength)
+	}
+	for _, s := range nodes {
+		if _, err := s.Add(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range nodes {
+		x, _ := s.Add(ctx, m) // same transfer again
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		err := x.Wait(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("node %d: %v (progress %+v)", i, err, x.Progress())
+		}
+		got, err := os.ReadFile(x.Path())
+		if err != nil || string(got) != string(data) {
+			t.Fatalf("node %d: archive differs (%v)", i, err)
+		}
+		p := x.Progress()
+		if p.Have != m.Size || !p.Complete {
+			t.Errorf("node %d: have %d of %d, complete %v", i, p.Have, m.Size, p.Complete)
+		}
+		if i > 0 && p.Received+p.Resumed < m.Size {
+			t.Errorf("node %d: received %d + resumed %d < size %d", i, p.Received, p.Resumed, m.Size)
+		}
+		if i > 0 && p.FromOrigin+p.FromPeers != p.Received {
+			t.Errorf("node %d: origin %d + peers %d != received %d", i, p.FromOrigin, p.FromPeers, p.Received)
+		}
+	}
+	if seeds := nodes[0].Seeds(); len(seeds) != 1 || seeds[0].Uploaded == 0 {
+		t.Errorf("origin seeds = %+v, want one build with uploads", seeds)
+	}
+
+	bad := *m
+	bad.InfoHash = "0000000000000000000000000000000000000000"
+	if _, err := nodes[1].Add(ctx, &bad); err == nil {
+		t.Error("a manifest whose info hash does not match its metainfo was accepted")
+	}
+	if err := nodes[1].Drop(m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(nodes[1].ArchivePath("web", "v1")); !os.IsNotExist(err) {
+		t.Errorf("archive still there after Drop: %v", err)
+	}
+}
