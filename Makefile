@@ -14,6 +14,7 @@ all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/shoal ./cmd/shoal
+	$(GO) build -o bin/demo-app ./cmd/demo-app
 
 # Consul v1.14.11 (MPL) is pinned as a Go tool in its own module, so the
 # product's go.mod stays lean. The first build takes minutes; later ones hit the cache.

@@ -200,7 +200,37 @@ func printRows(w io.Writer, rows []HostRow, asJSON bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, s.Service, state, dash(s.Current), dash(s.Desired),
 			fetched, peers, origin, up, npeers, errText)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if line := summary(rows); line != "" {
+		fmt.Fprintln(w, line)
+	}
+	return nil
+}
+
+// summary says where the bytes of the latest fetches came from.
+func summary(rows []HostRow) string {
+	var hosts int
+	var origin, peers int64
+	builds := map[string]bool{}
+	for _, r := range rows {
+		if r.Service == nil || r.Service.Fetch == nil || r.Service.Fetch.Received == 0 {
+			continue
+		}
+		f := r.Service.Fetch
+		hosts++
+		origin += f.FromOrigin
+		peers += f.FromPeers
+		builds[f.Build] = true
+	}
+	if hosts == 0 {
+		return "no host fetched anything for its latest deploy"
+	}
+	total := origin + peers
+	return fmt.Sprintf("%d host(s) fetched %s of %s: %s (%.0f%%) from the origin, %s (%.0f%%) from other peers",
+		hosts, HumanBytes(total), strings.Join(sortedKeys(builds), ", "), HumanBytes(origin), 100*float64(origin)/float64(total),
+		HumanBytes(peers), 100*float64(peers)/float64(total))
 }
 
 func dash(s string) string {
