@@ -48,6 +48,8 @@ type Agent struct {
 	services map[string]*service
 
 	pubMu sync.Mutex // serialises publishes
+
+	origin *originServer
 }
 
 // New validates cfg, opens the data dir and starts listening (API, gossip,
@@ -75,6 +77,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, services: map[string]*service{}}
+	a.origin = newOriginServer(a)
 	for name, sc := range cfg.Services {
 		st, err := swap.Open(filepath.Join(cfg.DataDir, "services", name), log)
 		if err != nil {
@@ -289,4 +292,3 @@ func writeFileAtomic(path string, b []byte) error {
 	}
 	return nil
 }
-

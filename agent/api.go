@@ -22,6 +22,7 @@ import (
 //	GET  /v1/members             the cluster as gossip sees it
 //	GET  /v1/fleet               every member's /v1/status, gathered through this agent
 //	POST /v1/publish             {"service","build","dir"}: pack, hash, publish, seed
+//	GET  /v1/archive/{s}/{b}     the archive, for the "origin" fetch method (bench baseline)
 //	GET  /metrics                Prometheus text format
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -52,6 +53,7 @@ func (a *Agent) routes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, m)
 	})
+	mux.Handle("GET /v1/archive/{service}/{build}", a.origin)
 	mux.HandleFunc("GET /metrics", a.metrics)
 	return mux
 }
@@ -64,10 +66,14 @@ type apiError struct {
 type HostStatus struct {
 	Status
 	Seeds []swarm.Seed `json:"seeds"`
+	// HTTPServed counts archive bytes served over HTTP (origin fetch method).
+	HTTPServed int64 `json:"http_served"`
+	// FetchMethod is swarm or origin.
+	FetchMethod string `json:"fetch_method"`
 }
 
 func (a *Agent) fullStatus() HostStatus {
-	return HostStatus{Status: a.Status(), Seeds: a.swarm.Seeds()}
+	return HostStatus{Status: a.Status(), Seeds: a.swarm.Seeds(), HTTPServed: a.origin.served.Load(), FetchMethod: a.cfg.Fetch}
 }
 
 // FleetHost is one member's status, or why it could not be read.

@@ -29,6 +29,10 @@ type Config struct {
 	// Services this host runs, by name. Each is watched in Consul and
 	// deployed under <data_dir>/services/<name>.
 	Services map[string]ServiceConfig `json:"services"`
+	// Fetch is how builds are fetched: "swarm" (default: from every peer)
+	// or "origin" (every host pulls over HTTP from the publishing host; the
+	// baseline `shoal bench` compares against, not for production).
+	Fetch string `json:"fetch,omitempty"`
 	// FetchStall is how long a fetch may make no progress before the
 	// service reports it as an error (the fetch keeps going). Default 60s.
 	FetchStall core.Duration `json:"fetch_stall,omitempty"`
@@ -51,6 +55,9 @@ func (c *Config) applyDefaults() {
 	c.Swarm.APIAddr = c.API
 	if c.Swarm.Gossip == "" {
 		c.Swarm.Gossip = "lan"
+	}
+	if c.Fetch == "" {
+		c.Fetch = FetchSwarm
 	}
 	if c.FetchStall == 0 {
 		c.FetchStall = core.Duration(60e9)
@@ -79,6 +86,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Consul.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Fetch != FetchSwarm && c.Fetch != FetchOrigin {
+		errs = append(errs, fmt.Errorf("agent: fetch method %q: use swarm or origin", c.Fetch))
 	}
 	for name, s := range c.Services {
 		if err := core.ValidName("service", name); err != nil {

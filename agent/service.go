@@ -252,7 +252,11 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 			}
 			return fmt.Errorf("%w: %v", errRetry, err)
 		}
-		if err := s.fetch(ctx, m); err != nil {
+		fetch := s.fetch
+		if s.a.cfg.Fetch == FetchOrigin {
+			fetch = s.fetchFromOrigin
+		}
+		if err := fetch(ctx, m); err != nil {
 			return err
 		}
 		s.to(core.StateVerifying, build, "")

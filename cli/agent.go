@@ -13,7 +13,7 @@ import (
 // --config, if given); flags that are set win over the file.
 type agentFlags struct {
 	config, node, dataDir, bind, api, consul, token, gossip string
-	logFormat, logLevel                                     string
+	logFormat, logLevel, fetch                              string
 	gossipPort, torrentPort, healthRetries, keep, maxPeers  int
 	join, services                                          listFlag
 	drain, activate, healthCmd, healthURL                   string
@@ -51,6 +51,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.down, "download-rate", "cap on piece download, e.g. 10MB (per second; default unlimited)")
 	fs.IntVar(&f.maxPeers, "max-peers", 0, "connections per build (default 50)")
 	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often members are re-offered as peers (default 2s)")
+	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
@@ -94,6 +95,7 @@ func (f *agentFlags) build() (agent.Config, error) {
 	set(&cfg.Consul.Address, f.consul)
 	set(&cfg.Consul.Token, f.token)
 	set(&cfg.Swarm.Gossip, f.gossip)
+	set(&cfg.Fetch, f.fetch)
 	if len(f.join) > 0 {
 		cfg.Swarm.Join = f.join
 	}

@@ -40,6 +40,7 @@ func commands() []command {
 		{"status", "show every host of the fleet: state, builds, progress, peers", runStatus},
 		{"builds", "list the published builds of a service", runBuilds},
 		{"validate", "check an agent config file and exit", runValidate},
+		{"bench", "measure fleet-wide pull time on a local fleet (p2p vs origin, against T*)", runBench},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -31,9 +31,19 @@ type Consul struct {
 // StartConsul runs `consul agent -dev` from bin with every port on free
 // loopback ports and waits until it has a leader.
 func StartConsul(ctx context.Context, bin, dir string) (*Consul, error) {
-	ports, err := freePorts(4)
-	if err != nil {
-		return nil, err
+	return StartConsulOn(ctx, bin, dir, "127.0.0.1", nil)
+}
+
+// StartConsulOn runs Consul bound to ip, its command prefixed by wrap (for
+// example `ip netns exec NS`). On 127.0.0.1 it picks free ports; elsewhere
+// (a namespace of its own) it uses the standard ones.
+func StartConsulOn(ctx context.Context, bin, dir, ip string, wrap []string) (*Consul, error) {
+	ports := []int{8500, 8300, 8301, 8302}
+	if ip == "127.0.0.1" {
+		var err error
+		if ports, err = freePorts(4); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -43,16 +53,17 @@ func StartConsul(ctx context.Context, bin, dir string) (*Consul, error) {
 		return nil, err
 	}
 	defer log.Close()
-	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+	argv := append(append([]string{}, wrap...), bin, "agent", "-dev", "-bind", ip, "-client", ip,
 		"-http-port", strconv.Itoa(ports[0]), "-server-port", strconv.Itoa(ports[1]),
 		"-serf-lan-port", strconv.Itoa(ports[2]), "-serf-wan-port", strconv.Itoa(ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("fleet: start consul %s: %w (run `make consul`)", bin, err)
 	}
-	c := &Consul{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), cmd: cmd, dir: dir}
+	c := &Consul{Addr: net.JoinHostPort(ip, strconv.Itoa(ports[0])), cmd: cmd, dir: dir}
 	if err := waitHTTP(ctx, "http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(b string) bool {
 		return strings.Contains(b, ":")
 	}); err != nil {
@@ -88,6 +99,8 @@ type AgentSpec struct {
 	Args []string
 	// Env is extra environment.
 	Env []string
+	// Wrap prefixes the command, e.g. `ip netns exec NS`.
+	Wrap []string
 }
 
 // Agent is a running `shoal agent` process.
@@ -125,7 +138,8 @@ func (a *Agent) start(ctx context.Context, bin, consul string) error {
 		args = append(args, "--join", strings.Join(a.Spec.Join, ","))
 	}
 	args = append(args, a.Spec.Args...)
-	cmd := exec.Command(bin, args...)
+	argv := append(append(append([]string{}, a.Spec.Wrap...), bin), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), a.Spec.Env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -198,6 +212,13 @@ type Options struct {
 	Args func(i int) []string
 	// Env is extra environment for every agent.
 	Env []string
+	// IP, if set, gives agent i's address instead of Net.
+	IP func(i int) string
+	// Wrap, if set, prefixes agent i's command (e.g. `ip netns exec NS`).
+	Wrap func(i int) []string
+	// ConsulIP and ConsulWrap place Consul; default 127.0.0.1, no prefix.
+	ConsulIP   string
+	ConsulWrap []string
 }
 
 // Start runs Consul and N agents; agent 0 is the one others join.
@@ -216,32 +237,67 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 			f.Stop()
 		}
 	}()
-	if f.Consul, err = StartConsul(ctx, o.ConsulBin, filepath.Join(f.Dir, "consul")); err != nil {
+	if o.ConsulIP == "" {
+		o.ConsulIP = "127.0.0.1"
+	}
+	if f.Consul, err = StartConsulOn(ctx, o.ConsulBin, filepath.Join(f.Dir, "consul"), o.ConsulIP, o.ConsulWrap); err != nil {
 		return f, err
 	}
-	first := o.Net + ".2"
-	for i := 0; i < o.N; i++ {
-		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: fmt.Sprintf("%s.%d", o.Net, i+2), Env: o.Env}
+	ip := func(i int) string { return fmt.Sprintf("%s.%d", o.Net, i+2) }
+	if o.IP != nil {
+		ip = o.IP
+	}
+	specs := make([]AgentSpec, o.N)
+	for i := range specs {
+		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: ip(i), Env: o.Env}
 		spec.DataDir = filepath.Join(f.Dir, spec.Node)
 		if i > 0 {
-			spec.Join = []string{first}
+			spec.Join = []string{ip(0)}
 		}
 		if o.Args != nil {
 			spec.Args = o.Args(i)
 		}
-		a, err := StartAgent(ctx, o.ShoalBin, f.Consul.Addr, spec)
-		if err != nil {
-			return f, err
+		if o.Wrap != nil {
+			spec.Wrap = o.Wrap(i)
 		}
-		f.Agents = append(f.Agents, a)
+		specs[i] = spec
 	}
-	return f, nil
+	// The first agent starts alone (the others join it), the rest in parallel.
+	f.Agents = make([]*Agent, o.N)
+	errs := make([]error, o.N)
+	f.Agents[0], errs[0] = StartAgent(ctx, o.ShoalBin, f.Consul.Addr, specs[0])
+	if errs[0] != nil {
+		f.Agents = nil
+		return f, errs[0]
+	}
+	done := make(chan struct{})
+	for i := 1; i < o.N; i++ {
+		go func(i int) {
+			f.Agents[i], errs[i] = StartAgent(ctx, o.ShoalBin, f.Consul.Addr, specs[i])
+			done <- struct{}{}
+		}(i)
+	}
+	for i := 1; i < o.N; i++ {
+		<-done
+	}
+	started := f.Agents[:0]
+	for _, a := range f.Agents {
+		if a != nil {
+			started = append(started, a)
+		}
+	}
+	f.Agents = started
+	return f, errors.Join(errs...)
 }
 
 // Stop ends every process and removes the temp dir (if Start made it).
 func (f *Fleet) Stop() {
+	done := make(chan struct{})
 	for _, a := range f.Agents {
-		a.Stop()
+		go func(a *Agent) { a.Stop(); done <- struct{}{} }(a)
+	}
+	for range f.Agents {
+		<-done
 	}
 	f.Consul.Stop()
 	if !f.keep {

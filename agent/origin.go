@@ -1,0 +1,187 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/swarm"
+)
+
+// Fetch methods. "swarm" is Shoal; "origin" is the pre-swarm baseline the
+// bench compares against: every host pulls the whole archive over HTTP from
+// the build's origin, as a central pull system does.
+const (
+	FetchSwarm  = "swarm"
+	FetchOrigin = "origin"
+)
+
+// originServer serves complete archives over HTTP for the origin fetch
+// method, capped by the same upload rate as the swarm.
+type originServer struct {
+	a       *Agent
+	limiter *rate.Limiter // nil: unlimited
+	served  atomic.Int64
+}
+
+func newOriginServer(a *Agent) *originServer {
+	o := &originServer{a: a}
+	if r := a.cfg.Swarm.UploadRate; r > 0 {
+		o.limiter = rate.NewLimiter(rate.Limit(r), 256<<10)
+	}
+	return o
+}
+
+// ServeHTTP answers GET /v1/archive/{service}/{build}.
+func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	service, build := r.PathValue("service"), r.PathValue("build")
+	if core.ValidName("service", service) != nil || core.ValidName("build", build) != nil {
+		http.Error(w, "bad service or build name", http.StatusBadRequest)
+		return
+	}
+	ok := false
+	for _, s := range o.a.swarm.Seeds() {
+		if s.Service == service && s.Build == build && s.Have == s.Total {
+			ok = true
+		}
+	}
+	if !ok {
+		http.Error(w, "this host has no complete copy of "+service+"/"+build, http.StatusNotFound)
+		return
+	}
+	f, err := os.Open(o.a.swarm.ArchivePath(service, build))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil {
+		w.Header().Set("Content-Length", fmt.Sprint(fi.Size()))
+	}
+	n, _ := io.Copy(w, &limitedReader{ctx: r.Context(), r: f, l: o.limiter})
+	o.served.Add(n)
+}
+
+// limitedReader paces reads through a token bucket.
+type limitedReader struct {
+	ctx context.Context
+	r   io.Reader
+	l   *rate.Limiter
+}
+
+func (lr *limitedReader) Read(p []byte) (int, error) {
+	if lr.l != nil && len(p) > lr.l.Burst() {
+		p = p[:lr.l.Burst()]
+	}
+	n, err := lr.r.Read(p)
+	if n > 0 && lr.l != nil {
+		if werr := lr.l.WaitN(lr.ctx, n); werr != nil {
+			return n, werr
+		}
+	}
+	return n, err
+}
+
+// fetchFromOrigin pulls m's archive over HTTP from the origin's API into
+// the archive path, reporting progress through the service's status.
+func (s *service) fetchFromOrigin(ctx context.Context, m *core.Manifest) error {
+	s.to(core.StateFetching, m.Build, fmt.Sprintf("%d bytes over HTTP from origin %s", m.Size, m.Origin))
+	if m.Origin == s.a.cfg.Swarm.Node {
+		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
+		return nil // this host published it: the archive is already here
+	}
+	api := ""
+	for _, mem := range s.a.swarm.Members() {
+		if mem.Name == m.Origin {
+			api = mem.API
+		}
+	}
+	if api == "" {
+		return fmt.Errorf("%w: origin %s of %s is not a cluster member", errRetry, m.Origin, m.Build)
+	}
+	start := time.Now().UTC()
+	s.mu.Lock()
+	s.x = nil
+	s.st.Fetch = &FetchStatus{Build: m.Build, Started: start, Progress: swarm.Progress{Total: m.Size}}
+	base := s.st.BytesReceived
+	s.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/v1/archive/"+m.Service+"/"+m.Build, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: GET archive from %s: %v", errRetry, m.Origin, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: GET archive from %s: %s", errRetry, m.Origin, resp.Status)
+	}
+	path := s.a.swarm.ArchivePath(m.Service, m.Build)
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".origin-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	var limiter *rate.Limiter
+	if r := s.a.cfg.Swarm.DownloadRate; r > 0 {
+		limiter = rate.NewLimiter(rate.Limit(r), 256<<10)
+	}
+	var got int64
+	buf := make([]byte, 256<<10)
+	src := &limitedReader{ctx: ctx, r: resp.Body, l: limiter}
+	last := time.Now()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, err := tmp.Write(buf[:n]); err != nil {
+				tmp.Close()
+				return err
+			}
+			got += int64(n)
+			if time.Since(last) > 500*time.Millisecond || errors.Is(rerr, io.EOF) {
+				last = time.Now()
+				s.mu.Lock()
+				s.st.Fetch.Have, s.st.Fetch.Received, s.st.Fetch.FromOrigin = got, got, got
+				s.st.BytesReceived = base + got
+				s.mu.Unlock()
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			tmp.Close()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w: reading archive from %s: %v", errRetry, m.Origin, rerr)
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if got != m.Size {
+		return fmt.Errorf("%w: origin sent %d bytes, manifest says %d", errRetry, got, m.Size)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	s.update(func(st *ServiceStatus) {
+		st.Fetch.Have, st.Fetch.Received, st.Fetch.FromOrigin, st.Fetch.Complete = got, got, got, true
+		st.Fetch.Finished = &now
+		st.BytesReceived = base + got
+	})
+	s.log.Info().Str("build", m.Build).Int64("bytes", got).Dur("took", time.Since(start)).Msg("fetched from origin over HTTP")
+	return nil
+}

@@ -1,0 +1,441 @@
+// Package bench measures what Shoal exists for: the time to get a build to
+// every host of a fleet, as the fleet grows. It runs real fleets (a Consul
+// dev agent, an origin agent and N `shoal agent` processes), publishes a
+// random build from the origin, deploys it with one Consul write and reads
+// each host's state history to time the signal, the verified copy and the
+// switch. It compares Shoal's swarm ("p2p") with the pre-swarm baseline
+// ("origin": every host pulls over HTTP from the origin) under the same
+// per-host caps, and against the fluid lower bound T* (Kumar & Ross, 2006).
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/shoal-deploy/shoal/agent"
+	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/fleet"
+	"github.com/shoal-deploy/shoal/signal"
+)
+
+// Config is one bench invocation.
+type Config struct {
+	ShoalBin, ConsulBin string
+	// Hosts lists the fleet sizes N to sweep (fetching hosts, origin not counted).
+	Hosts []int
+	// Size is the build size in bytes.
+	Size int64
+	// Up and Down cap every host's (and the origin's) upload and download, bytes/s.
+	Up, Down int64
+	// Runs per method and N.
+	Runs int
+	// Out is where JSON lines and plots go.
+	Out string
+	// Net is "loopback" (caps by Shoal's rate limiters) or "netns" (caps by tc; needs root).
+	Net string
+	// Methods: "p2p" and/or "origin".
+	Methods []string
+	// Timeout bounds one run. Default 10m.
+	Timeout time.Duration
+	// Progress receives a progress line now and then; may be nil.
+	Progress io.Writer
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Hosts) == 0 {
+		errs = append(errs, errors.New("bench: no fleet sizes (--hosts)"))
+	}
+	for _, n := range c.Hosts {
+		if n < 1 || n > 200 {
+			errs = append(errs, fmt.Errorf("bench: fleet size %d: want 1..200", n))
+		}
+	}
+	if c.Size < 1<<10 {
+		errs = append(errs, fmt.Errorf("bench: size %d: want at least 1 KiB", c.Size))
+	}
+	if c.Up < 0 || c.Down < 0 {
+		errs = append(errs, errors.New("bench: rates must not be negative"))
+	}
+	if c.Runs < 1 {
+		errs = append(errs, errors.New("bench: --runs must be at least 1"))
+	}
+	if c.Net != "loopback" && c.Net != "netns" {
+		errs = append(errs, fmt.Errorf("bench: --net %q: use loopback or netns", c.Net))
+	}
+	for _, m := range c.Methods {
+		if m != "p2p" && m != "origin" {
+			errs = append(errs, fmt.Errorf("bench: method %q: use p2p or origin", m))
+		}
+	}
+	if c.Out == "" {
+		errs = append(errs, errors.New("bench: --out is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Result is one run: one JSON line in results.jsonl.
+type Result struct {
+	Time   time.Time `json:"time"`
+	Commit string    `json:"commit,omitempty"`
+	Method string    `json:"method"`
+	Net    string    `json:"net"`
+	N      int       `json:"n"`
+	Run    int       `json:"run"`
+	Size   int64     `json:"size"`
+	Up     int64     `json:"up"`
+	Down   int64     `json:"down"`
+	// Seconds from the Consul write until each fetching host had a
+	// verified copy (Verified) and until it was active (Active).
+	Verified Summary `json:"verified"`
+	Active   Summary `json:"active"`
+	// Signal is Consul write → agent starts fetching, over every host.
+	Signal Summary `json:"signal"`
+	// HostVerified are the per-host verified times, for the CDF.
+	HostVerified []float64 `json:"host_verified"`
+	OriginBytes  int64     `json:"origin_bytes"`
+	OriginX      float64   `json:"origin_x"`
+	PeerBytes    int64     `json:"peer_bytes"`
+	// CPU is CPU seconds per agent during the run; RSS peak resident MiB per agent.
+	CPU    Summary `json:"cpu_s"`
+	RSSMiB Summary `json:"rss_mib"`
+	// Bound is T* in seconds; Ratio is Verified.Max / Bound.
+	Bound  float64 `json:"bound_s"`
+	Ratio  float64 `json:"ratio"`
+	Failed int     `json:"failed"`
+	Error  string  `json:"error,omitempty"`
+}
+
+// Run sweeps methods × N × runs and returns every result. Partial results
+// are returned with the error if a run fails.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 10 * time.Minute
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp("", "shoal-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	payload := filepath.Join(work, "payload.bin")
+	if err := randomFile(payload, cfg.Size); err != nil {
+		return nil, err
+	}
+	var results []Result
+	for _, method := range cfg.Methods {
+		for _, n := range cfg.Hosts {
+			rs, err := runFleet(ctx, cfg, method, n, work, payload)
+			results = append(results, rs...)
+			if err != nil {
+				return results, err
+			}
+		}
+	}
+	return results, nil
+}
+
+func randomFile(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = io.CopyN(f, rand.Reader, size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (c *Config) progress(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, format+"\n", args...)
+	}
+}
+
+const service = "bench"
+
+// runFleet starts one fleet (origin + n agents) for a method and does every run on it.
+func runFleet(ctx context.Context, cfg Config, method string, n int, work, payload string) ([]Result, error) {
+	fetch := agent.FetchSwarm
+	if method == "origin" {
+		fetch = agent.FetchOrigin
+	}
+	opts := fleet.Options{ShoalBin: cfg.ShoalBin, ConsulBin: cfg.ConsulBin, N: n + 1, Net: "127.0.60",
+		Dir: filepath.Join(work, fmt.Sprintf("%s-%d", method, n)),
+		Args: func(int) []string {
+			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "warn", "--keep", "2"}
+			if cfg.Net == "loopback" {
+				if cfg.Up > 0 {
+					a = append(a, "--upload-rate", strconv.FormatInt(cfg.Up, 10))
+				}
+				if cfg.Down > 0 {
+					a = append(a, "--download-rate", strconv.FormatInt(cfg.Down, 10))
+				}
+			}
+			return a
+		}}
+	if cfg.Net == "netns" {
+		topo, err := NewTopology(ctx, n+1, cfg.Up, cfg.Down)
+		if err != nil {
+			return nil, err
+		}
+		defer topo.Close()
+		opts.IP, opts.Wrap = topo.HostIP, topo.HostWrap
+		opts.ConsulIP, opts.ConsulWrap = topo.ConsulIP(), topo.ConsulWrap()
+	}
+	cfg.progress("[%s N=%d] starting consul and %d agents (%s)", method, n, n+1, cfg.Net)
+	f, err := fleet.Start(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("bench: start fleet of %d: %w", n+1, err)
+	}
+	defer f.Stop()
+	sig, err := signal.New(signal.Config{Address: f.Consul.Addr}, zerolog.Nop())
+	if err != nil {
+		return nil, err
+	}
+	if err := waitFleet(ctx, f, n+1); err != nil {
+		return nil, err
+	}
+	var out []Result
+	for run := 1; run <= cfg.Runs; run++ {
+		r, err := runOnce(ctx, cfg, f, sig, method, n, run, work, payload)
+		out = append(out, r)
+		if err != nil {
+			return out, err
+		}
+		cfg.progress("[%s N=%d run %d/%d] last host verified %.2fs (T* %.2fs, x%.2f), signal p99 %.3fs, origin sent %.2f x S",
+			method, n, run, cfg.Runs, r.Verified.Max, r.Bound, r.Ratio, r.Signal.P99, r.OriginX)
+	}
+	return out, nil
+}
+
+func waitFleet(ctx context.Context, f *fleet.Fleet, want int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		hosts, err := fleetStatus(ctx, f)
+		if err == nil && len(hosts) == want {
+			ok := true
+			for _, h := range hosts {
+				if h.Status == nil || h.Status.Members != want {
+					ok = false
+				}
+			}
+			if ok {
+				return nil
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return fmt.Errorf("bench: fleet of %d did not converge in 60s", want)
+}
+
+func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client, method string, n, run int, work, payload string) (Result, error) {
+	res := Result{Time: time.Now().UTC(), Commit: agent.Version, Method: method, Net: cfg.Net, N: n, Run: run,
+		Size: cfg.Size, Up: cfg.Up, Down: cfg.Down}
+	build := fmt.Sprintf("%s-n%d-r%d-%d", method, n, run, time.Now().Unix())
+	src := filepath.Join(work, "src-"+build)
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(src)
+	if err := os.Link(payload, filepath.Join(src, "payload.bin")); err != nil {
+		return res, err
+	}
+	if err := os.WriteFile(filepath.Join(src, "BUILD"), []byte(build+"\n"), 0o644); err != nil {
+		return res, err
+	}
+	origin := f.Agents[0]
+	var m core.Manifest
+	if err := apiDo(ctx, origin.API, "POST", "/v1/publish", agent.PublishRequest{Service: service, Build: build, Dir: src}, &m); err != nil {
+		return res, fmt.Errorf("bench: publish: %w", err)
+	}
+	before, err := fleetStatus(ctx, f)
+	if err != nil {
+		return res, err
+	}
+	cpu0 := cpuSeconds(f)
+	rel, err := sig.Deploy(ctx, service, build, "bench", "")
+	if err != nil {
+		return res, err
+	}
+	t0 := rel.At
+	deadline := time.Now().Add(cfg.Timeout)
+	var hosts []agent.FleetHost
+	lastLine := time.Time{}
+	for {
+		hosts, err = fleetStatus(ctx, f)
+		if err == nil {
+			verified, active, failed := 0, 0, 0
+			for _, h := range hosts {
+				if h.Status == nil {
+					continue
+				}
+				for _, s := range h.Status.Services {
+					switch {
+					case s.Desired != build:
+					case s.State == core.StateFailed:
+						failed++
+					case s.State == core.StateActive && s.Current == build:
+						active++
+						verified++
+					case s.State == core.StateReady || s.State == core.StateDraining:
+						verified++
+					}
+				}
+			}
+			if time.Since(lastLine) > 2*time.Second {
+				cfg.progress("  [%s N=%d run %d] %d/%d verified, %d active, %d failed, %.1fs", method, n, run, verified, n+1, active, failed, time.Since(t0).Seconds())
+				lastLine = time.Now()
+			}
+			if active+failed == n+1 {
+				res.Failed = failed
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			res.Error = fmt.Sprintf("timed out after %s", cfg.Timeout)
+			return res, fmt.Errorf("bench: %s N=%d run %d: %s", method, n, run, res.Error)
+		}
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	cpu1 := cpuSeconds(f)
+	var signalT, verifiedT, activeT, cpu, rss []float64
+	for i, h := range hosts {
+		s := serviceOf(h)
+		if s == nil {
+			continue
+		}
+		signalled := false
+		for _, tr := range s.History {
+			if tr.Build != build {
+				continue
+			}
+			dt := tr.At.Sub(t0).Seconds()
+			switch tr.To {
+			case core.StateFetching:
+				if !signalled { // a retried fetch transitions again; the signal is the first
+					signalT = append(signalT, dt)
+					signalled = true
+				}
+			case core.StateReady:
+				if i > 0 {
+					verifiedT = append(verifiedT, dt)
+				}
+			case core.StateActive:
+				if i > 0 {
+					activeT = append(activeT, dt)
+				}
+			}
+		}
+		for _, sd := range h.Status.Seeds {
+			if sd.Build != build {
+				continue
+			}
+			up := sd.Uploaded
+			if i == 0 {
+				res.OriginBytes += up
+			} else {
+				res.PeerBytes += up
+			}
+		}
+	}
+	if method == "origin" {
+		res.OriginBytes = serveDelta(before, hosts)
+	}
+	for i, a := range f.Agents {
+		cpu = append(cpu, cpu1[i]-cpu0[i])
+		rss = append(rss, peakRSSMiB(a.Pid()))
+	}
+	res.Signal, res.Verified, res.Active = Summarize(signalT), Summarize(verifiedT), Summarize(activeT)
+	res.HostVerified = verifiedT
+	res.CPU, res.RSSMiB = Summarize(cpu), Summarize(rss)
+	res.OriginX = float64(res.OriginBytes) / float64(m.Size)
+	peerUp := make([]float64, n)
+	for i := range peerUp {
+		peerUp[i] = float64(cfg.Up)
+	}
+	res.Bound = Bound(float64(m.Size), float64(cfg.Up), float64(cfg.Down), peerUp)
+	if res.Bound > 0 {
+		res.Ratio = res.Verified.Max / res.Bound
+	}
+	return res, nil
+}
+
+func serviceOf(h agent.FleetHost) *agent.ServiceStatus {
+	if h.Status == nil {
+		return nil
+	}
+	for i := range h.Status.Services {
+		if h.Status.Services[i].Service == service {
+			return &h.Status.Services[i]
+		}
+	}
+	return nil
+}
+
+func serveDelta(before, after []agent.FleetHost) int64 {
+	get := func(hs []agent.FleetHost, name string) int64 {
+		for _, h := range hs {
+			if h.Member.Name == name && h.Status != nil {
+				return h.Status.HTTPServed
+			}
+		}
+		return 0
+	}
+	return get(after, "host-1") - get(before, "host-1")
+}
+
+// cpuSeconds reads user+system CPU of every agent from /proc.
+func cpuSeconds(f *fleet.Fleet) []float64 {
+	out := make([]float64, len(f.Agents))
+	for i, a := range f.Agents {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.Pid()))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(fields) > 12 {
+			ut, _ := strconv.ParseFloat(fields[11], 64)
+			st, _ := strconv.ParseFloat(fields[12], 64)
+			out[i] = (ut + st) / 100 // USER_HZ
+		}
+	}
+	return out
+}
+
+// peakRSSMiB reads VmHWM (peak resident set) from /proc.
+func peakRSSMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}

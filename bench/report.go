@@ -1,0 +1,186 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable prints one row per run.
+func WriteTable(w io.Writer, rs []Result) error {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "method\tN\trun\tverified p50\tp90\tp99\tmax\tactive max\tT*\tmax/T*\tsignal p99\torigin sent\tpeers sent\tCPU s/agent\tRSS MiB max\tfailed\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.3f\t%.2f×S\t%.2f×S\t%.1f\t%.0f\t%d\t\n",
+			r.Method, r.N, r.Run, r.Verified.P50, r.Verified.P90, r.Verified.P99, r.Verified.Max, r.Active.Max,
+			r.Bound, r.Ratio, r.Signal.P99, r.OriginX, float64(r.PeerBytes)/float64(max(r.Size, 1)),
+			r.CPU.P50, r.RSSMiB.Max, r.Failed)
+	}
+	return tw.Flush()
+}
+
+// AppendJSONLines appends one JSON object per run to path.
+func AppendJSONLines(path string, rs []Result) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, r := range rs {
+		if err := enc.Encode(r); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+type series struct {
+	name   string
+	color  string
+	dashed bool
+	pts    [][2]float64
+}
+
+// WritePlots writes scaling.svg (last-host verified time against N per
+// method, with T*) and cdf.svg (host completion CDF at the largest N).
+func WritePlots(dir string, rs []Result) error {
+	colors := map[string]string{"p2p": "#1f77b4", "origin": "#d62728"}
+	byMethod := map[string]map[int][]float64{}
+	bound := map[int]float64{}
+	maxN := 0
+	for _, r := range rs {
+		if byMethod[r.Method] == nil {
+			byMethod[r.Method] = map[int][]float64{}
+		}
+		byMethod[r.Method][r.N] = append(byMethod[r.Method][r.N], r.Verified.Max)
+		bound[r.N] = r.Bound
+		maxN = max(maxN, r.N)
+	}
+	var ss []series
+	for _, m := range sortedMethods(byMethod) {
+		s := series{name: m + " (median of runs)", color: colors[m]}
+		for _, n := range sortedInts(byMethod[m]) {
+			s.pts = append(s.pts, [2]float64{float64(n), Percentile(byMethod[m][n], 50)})
+		}
+		ss = append(ss, s)
+	}
+	b := series{name: "T* lower bound", color: "#2ca02c", dashed: true}
+	for _, n := range sortedInts(bound) {
+		b.pts = append(b.pts, [2]float64{float64(n), bound[n]})
+	}
+	ss = append(ss, b)
+	if err := os.WriteFile(filepath.Join(dir, "scaling.svg"), []byte(svgPlot("Time until the last host has a verified copy", "hosts (N)", "seconds", ss, true)), 0o644); err != nil {
+		return err
+	}
+	var cdf []series
+	for _, m := range sortedMethods(byMethod) {
+		var xs []float64
+		for _, r := range rs {
+			if r.Method == m && r.N == maxN {
+				xs = append(xs, r.HostVerified...)
+			}
+		}
+		sort.Float64s(xs)
+		s := series{name: m, color: colors[m]}
+		for i, x := range xs {
+			s.pts = append(s.pts, [2]float64{x, float64(i+1) / float64(len(xs))})
+		}
+		cdf = append(cdf, s)
+	}
+	return os.WriteFile(filepath.Join(dir, "cdf.svg"), []byte(svgPlot(fmt.Sprintf("Host completion CDF, N = %d", maxN), "seconds since the Consul write", "fraction of hosts verified", cdf, true)), 0o644)
+}
+
+func sortedMethods[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedInts[V any](m map[int]V) []int {
+	var out []int
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// svgPlot draws line series on linear axes starting at zero.
+func svgPlot(title, xl, yl string, ss []series, markers bool) string {
+	const W, H, L, R, T, B = 720.0, 440.0, 70.0, 190.0, 40.0, 50.0
+	xmax, ymax := 0.0, 0.0
+	for _, s := range ss {
+		for _, p := range s.pts {
+			xmax, ymax = math.Max(xmax, p[0]), math.Max(ymax, p[1])
+		}
+	}
+	xmax, ymax = nice(xmax), nice(ymax)
+	px := func(x float64) float64 { return L + x/xmax*(W-L-R) }
+	py := func(y float64) float64 { return H - B - y/ymax*(H-T-B) }
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", W, H)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="22" font-size="15">%s</text>`+"\n", L, esc(title))
+	for i := 0; i <= 5; i++ {
+		x, y := xmax*float64(i)/5, ymax*float64(i)/5
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", L, py(y), W-R, py(y), L-6, py(y)+4, num(y))
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", px(x), T, px(x), H-B, px(x), H-B+16, num(x))
+	}
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", (L+W-R)/2, H-10, esc(xl))
+	fmt.Fprintf(&b, `<text x="16" y="%.1f" text-anchor="middle" transform="rotate(-90 16 %.1f)">%s</text>`+"\n", (T+H-B)/2, (T+H-B)/2, esc(yl))
+	for i, s := range ss {
+		var pts []string
+		for _, p := range s.pts {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(p[0]), py(p[1])))
+		}
+		dash := ""
+		if s.dashed {
+			dash = ` stroke-dasharray="6,4"`
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", s.color, dash, strings.Join(pts, " "))
+		if markers && len(s.pts) < 30 {
+			for _, p := range s.pts {
+				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`, px(p[0]), py(p[1]), s.color)
+			}
+			b.WriteString("\n")
+		}
+		ly := T + 10 + float64(i)*20
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/><text x="%.1f" y="%.1f">%s</text>`+"\n",
+			W-R+10, ly, W-R+35, ly, s.color, dash, W-R+40, ly+4, esc(s.name))
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+func nice(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+func num(v float64) string {
+	if v == math.Trunc(v) {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.2g", v)
+}
+
+func esc(s string) string {
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+}

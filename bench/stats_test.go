@@ -1,0 +1,54 @@
+package bench
+
+import (
+	"math"
+	"testing"
+)
+
+func TestPercentile(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3}
+	for _, tc := range []struct{ p, want float64 }{{0, 1}, {50, 3}, {100, 5}, {25, 2}, {90, 4.6}, {99, 4.96}} {
+		if got := Percentile(xs, tc.p); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("Percentile(%v) = %v, want %v", tc.p, got, tc.want)
+		}
+	}
+	if !math.IsNaN(Percentile(nil, 50)) {
+		t.Error("percentile of nothing should be NaN")
+	}
+	if got := Percentile([]float64{7}, 99); got != 7 {
+		t.Errorf("single sample p99 = %v, want 7", got)
+	}
+	s := Summarize([]float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+	if s.P50 != 5.5 || s.Max != 10 || math.Abs(s.P90-9.1) > 1e-9 {
+		t.Errorf("Summarize = %+v", s)
+	}
+}
+
+func TestBound(t *testing.T) {
+	const MB = 1e6
+	peers := func(n int, u float64) []float64 {
+		out := make([]float64, n)
+		for i := range out {
+			out[i] = u
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name                  string
+		size, up, down, peerU float64
+		n                     int
+		want                  float64
+	}{
+		// 100 MB, 10 MB/s everywhere: the origin's upload and each host's download bind: 10 s at any N.
+		{"n5", 100 * MB, 10 * MB, 10 * MB, 10 * MB, 5, 10},
+		{"n40", 100 * MB, 10 * MB, 10 * MB, 10 * MB, 40, 10},
+		// Peers that cannot upload: the origin serves all n copies.
+		{"no peer upload", 100 * MB, 10 * MB, 10 * MB, 0, 4, 40},
+		// Fast downloads, slow uploads: the aggregate upload term binds.
+		{"aggregate", 100 * MB, 10 * MB, 100 * MB, 5 * MB, 10, 1000.0 / 60},
+	} {
+		if got := Bound(tc.size, tc.up, tc.down, peers(tc.n, tc.peerU)); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("%s: Bound = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
