@@ -78,6 +78,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, services: map[string]*service{}}
 	a.origin = newOriginServer(a)
+	sw.SetOriginURL(a.originURL)
 	for name, sc := range cfg.Services {
 		st, err := swap.Open(filepath.Join(cfg.DataDir, "services", name), log)
 		if err != nil {
@@ -236,8 +237,14 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*core.Manifest
 	if err := a.saveManifest(m); err != nil {
 		return nil, err
 	}
-	if _, err := a.swarm.Add(ctx, m); err != nil {
+	x, err := a.swarm.Add(ctx, m)
+	if err != nil {
 		return nil, err
+	}
+	// The engine hashes the archive before it will serve it; wait, so a
+	// deploy right after publish finds the origin ready.
+	if err := x.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("agent: publish %s/%s: seeding: %w", m.Service, m.Build, err)
 	}
 	if err := a.sig.PublishManifest(ctx, m); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -55,6 +56,11 @@ func (a *Agent) routes() http.Handler {
 	})
 	mux.Handle("GET /v1/archive/{service}/{build}", a.origin)
 	mux.HandleFunc("GET /metrics", a.metrics)
+	if a.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -33,6 +33,8 @@ type Config struct {
 	// or "origin" (every host pulls over HTTP from the publishing host; the
 	// baseline `shoal bench` compares against, not for production).
 	Fetch string `json:"fetch,omitempty"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the API address.
+	Pprof bool `json:"pprof,omitempty"`
 	// FetchStall is how long a fetch may make no progress before the
 	// service reports it as an error (the fetch keeps going). Default 60s.
 	FetchStall core.Duration `json:"fetch_stall,omitempty"`

@@ -34,11 +34,18 @@ type originServer struct {
 }
 
 func newOriginServer(a *Agent) *originServer {
-	o := &originServer{a: a}
-	if r := a.cfg.Swarm.UploadRate; r > 0 {
-		o.limiter = rate.NewLimiter(rate.Limit(r), 256<<10)
+	return &originServer{a: a, limiter: a.swarm.UploadLimiter()}
+}
+
+// originURL tells the swarm where a build's archive can be pulled from its
+// origin (for origin slices; see swarm/slice.go).
+func (a *Agent) originURL(origin, service, build string) string {
+	for _, m := range a.swarm.Members() {
+		if m.Name == origin && m.API != "" && m.State == "alive" {
+			return "http://" + m.API + "/v1/archive/" + service + "/" + build
+		}
 	}
-	return o
+	return ""
 }
 
 // ServeHTTP answers GET /v1/archive/{service}/{build}.
@@ -64,11 +71,45 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil {
-		w.Header().Set("Content-Length", fmt.Sprint(fi.Size()))
+	fi, err := f.Stat()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
 	}
-	n, _ := io.Copy(w, &limitedReader{ctx: r.Context(), r: f, l: o.limiter})
-	o.served.Add(n)
+	lw := &limitedWriter{ctx: r.Context(), w: w, l: o.limiter}
+	http.ServeContent(lw, r, "", fi.ModTime(), f) // honours Range
+	o.served.Add(lw.n)
+	o.a.swarm.AddServed(service, build, lw.n)
+}
+
+// limitedWriter paces a response through the host's upload limiter.
+type limitedWriter struct {
+	ctx context.Context
+	w   http.ResponseWriter
+	l   *rate.Limiter
+	n   int64
+}
+
+func (lw *limitedWriter) Header() http.Header { return lw.w.Header() }
+func (lw *limitedWriter) WriteHeader(c int)   { lw.w.WriteHeader(c) }
+func (lw *limitedWriter) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		end := len(p)
+		if lw.l != nil {
+			end = min(end, done+lw.l.Burst())
+			if err := lw.l.WaitN(lw.ctx, end-done); err != nil {
+				return done, err
+			}
+		}
+		n, err := lw.w.Write(p[done:end])
+		done += n
+		lw.n += int64(n)
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
 }
 
 // limitedReader paces reads through a token bucket.

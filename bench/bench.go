@@ -180,7 +180,7 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 	opts := fleet.Options{ShoalBin: cfg.ShoalBin, ConsulBin: cfg.ConsulBin, N: n + 1, Net: "127.0.60",
 		Dir: filepath.Join(work, fmt.Sprintf("%s-%d", method, n)),
 		Args: func(int) []string {
-			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "warn", "--keep", "2"}
+			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "info", "--keep", "2", "--pprof"}
 			if cfg.Net == "loopback" {
 				if cfg.Up > 0 {
 					a = append(a, "--upload-rate", strconv.FormatInt(cfg.Up, 10))
@@ -227,23 +227,32 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 }
 
 func waitFleet(ctx context.Context, f *fleet.Fleet, want int) error {
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
+	seen := ""
 	for time.Now().Before(deadline) {
 		hosts, err := fleetStatus(ctx, f)
-		if err == nil && len(hosts) == want {
-			ok := true
+		if err != nil {
+			seen = err.Error()
+		} else {
+			ok := len(hosts) == want
+			var views []string
 			for _, h := range hosts {
-				if h.Status == nil || h.Status.Members != want {
+				if h.Status == nil {
 					ok = false
+					views = append(views, h.Member.Name+": "+h.Error)
+				} else if h.Status.Members != want {
+					ok = false
+					views = append(views, fmt.Sprintf("%s sees %d", h.Member.Name, h.Status.Members))
 				}
 			}
 			if ok {
 				return nil
 			}
+			seen = fmt.Sprintf("%d members listed; %s", len(hosts), strings.Join(views, ", "))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	return fmt.Errorf("bench: fleet of %d did not converge in 60s", want)
+	return fmt.Errorf("bench: fleet of %d did not converge in 90s (%s)", want, seen)
 }
 
 func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client, method string, n, run int, work, payload string) (Result, error) {
@@ -265,10 +274,6 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	var m core.Manifest
 	if err := apiDo(ctx, origin.API, "POST", "/v1/publish", agent.PublishRequest{Service: service, Build: build, Dir: src}, &m); err != nil {
 		return res, fmt.Errorf("bench: publish: %w", err)
-	}
-	before, err := fleetStatus(ctx, f)
-	if err != nil {
-		return res, err
 	}
 	cpu0 := cpuSeconds(f)
 	rel, err := sig.Deploy(ctx, service, build, "bench", "")
@@ -360,9 +365,6 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 			}
 		}
 	}
-	if method == "origin" {
-		res.OriginBytes = serveDelta(before, hosts)
-	}
 	for i, a := range f.Agents {
 		cpu = append(cpu, cpu1[i]-cpu0[i])
 		rss = append(rss, peakRSSMiB(a.Pid()))
@@ -392,18 +394,6 @@ func serviceOf(h agent.FleetHost) *agent.ServiceStatus {
 		}
 	}
 	return nil
-}
-
-func serveDelta(before, after []agent.FleetHost) int64 {
-	get := func(hs []agent.FleetHost, name string) int64 {
-		for _, h := range hs {
-			if h.Member.Name == name && h.Status != nil {
-				return h.Status.HTTPServed
-			}
-		}
-		return 0
-	}
-	return get(after, "host-1") - get(before, "host-1")
 }
 
 // cpuSeconds reads user+system CPU of every agent from /proc.

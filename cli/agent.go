@@ -19,6 +19,7 @@ type agentFlags struct {
 	drain, activate, healthCmd, healthURL                   string
 	hookTimeout, healthInterval, peerRefresh                time.Duration
 	up, down                                                sizeFlag
+	pprof                                                   bool
 }
 
 func runAgent(ctx context.Context, env Env, args []string) error {
@@ -52,6 +53,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.IntVar(&f.maxPeers, "max-peers", 0, "connections per build (default 50)")
 	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often members are re-offered as peers (default 2s)")
 	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the API address")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
@@ -96,6 +98,7 @@ func (f *agentFlags) build() (agent.Config, error) {
 	set(&cfg.Consul.Token, f.token)
 	set(&cfg.Swarm.Gossip, f.gossip)
 	set(&cfg.Fetch, f.fetch)
+	cfg.Pprof = cfg.Pprof || f.pprof
 	if len(f.join) > 0 {
 		cfg.Swarm.Join = f.join
 	}

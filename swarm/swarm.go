@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,7 +50,16 @@ type Swarm struct {
 	pc  storage.PieceCompletion
 
 	nudge chan struct{} // a member joined: offer peers now
-	logw  *io.PipeWriter
+	up    *rate.Limiter // nil: uploads unlimited
+	down  *rate.Limiter // nil: downloads unlimited
+	http  *http.Client
+	// originURL locates a build's archive on its origin (see slice.go).
+	originURL OriginURL
+	logw      *io.PipeWriter
+
+	ctx    context.Context // ends the per-transfer goroutines on Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu        sync.RWMutex // guards transfers and names
 	transfers map[*torrent.Torrent]*Transfer
@@ -75,6 +85,8 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1),
 		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.http = &http.Client{Timeout: 2 * time.Minute}
 	archives := filepath.Join(cfg.DataDir, "archives")
 	if err := os.MkdirAll(archives, 0o755); err != nil {
 		return nil, fmt.Errorf("swarm: %w", err)
@@ -107,11 +119,15 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.MinDialTimeout = time.Second
 	tc.NominalDialTimeout = 5 * time.Second
 	tc.Slogger = discard
+	// One limiter per direction, shared by the torrent engine and the HTTP
+	// slice transfers, so the configured cap holds for the host as a whole.
 	if cfg.UploadRate > 0 {
-		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(cfg.UploadRate), 0)
+		s.up = rate.NewLimiter(rate.Limit(cfg.UploadRate), 1<<20)
+		tc.UploadRateLimiter = s.up
 	}
 	if cfg.DownloadRate > 0 {
-		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(cfg.DownloadRate), 0)
+		s.down = rate.NewLimiter(rate.Limit(cfg.DownloadRate), 1<<20)
+		tc.DownloadRateLimiter = s.down
 	}
 	tc.Callbacks.ReceivedUsefulData = append(tc.Callbacks.ReceivedUsefulData, s.onUseful)
 	s.cl, err = torrent.NewClient(tc)
@@ -211,13 +227,28 @@ func (s *Swarm) refreshPeers() {
 	}
 	s.mu.Lock()
 	s.names = names
-	ts := make([]*torrent.Torrent, 0, len(s.transfers))
-	for t := range s.transfers {
-		ts = append(ts, t)
+	xs := make([]*Transfer, 0, len(s.transfers))
+	for _, x := range s.transfers {
+		xs = append(xs, x)
 	}
 	s.mu.Unlock()
-	for _, t := range ts {
-		t.AddPeers(peers)
+	for _, x := range xs {
+		// A complete host, and the origin, only answer: the hosts still
+		// fetching dial them (and the origin's first copies go by HTTP).
+		if x.t.Complete().Bool() || x.m.Origin == s.cfg.Node {
+			continue
+		}
+		ps := peers
+		if x.avoidOrigin.Load() {
+			origin := PeerIDFor(x.m.Origin)
+			ps = make([]torrent.PeerInfo, 0, len(peers))
+			for _, p := range peers {
+				if p.Id != origin {
+					ps = append(ps, p)
+				}
+			}
+		}
+		x.t.AddPeers(ps)
 	}
 }
 
@@ -227,6 +258,8 @@ func (a addrPort) Network() string { return "tcp" }
 
 // Close stops transfers and gossip and releases the data dir.
 func (s *Swarm) Close() error {
+	s.cancel()
+	s.wg.Wait()
 	err := s.ml.Shutdown()
 	s.logw.Close()
 	s.cl.Close()

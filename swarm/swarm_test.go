@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,4 +151,96 @@ func TestThreeNodeTransfer(t *testing.T) {
 	if _, err := os.Stat(nodes[1].ArchivePath("web", "v1")); !os.IsNotExist(err) {
 		t.Errorf("archive still there after Drop: %v", err)
 	}
+}
+
+// Four swarms; the fetching hosts pull their slices from the origin over
+// HTTP and everything else from each other.
+func TestOriginSlices(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var nodes []*Swarm
+	var served atomic.Int64
+	done := make(chan struct{})
+	defer func() {
+		cancel()
+		for range nodes {
+			<-done
+		}
+		for _, s := range nodes {
+			s.Close()
+		}
+	}()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &countingWriter{ResponseWriter: w, n: &served}
+		http.ServeFile(cw, r, nodes[0].ArchivePath("web", "v1"))
+	}))
+	defer srv.Close()
+	for i := 0; i < 4; i++ {
+		cfg := Config{Node: fmt.Sprintf("n%d", i), BindAddr: fmt.Sprintf("127.0.42.%d", i+2), DataDir: t.TempDir(),
+			Gossip: "local", PeerRefresh: core.Duration(200 * time.Millisecond), JoinRetry: core.Duration(200 * time.Millisecond)}
+		if i > 0 {
+			cfg.Join = []string{"127.0.42.2"}
+		}
+		s, err := New(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.SetOriginURL(func(origin, service, build string) string { return srv.URL })
+		nodes = append(nodes, s)
+		go func() { _ = s.Run(ctx); done <- struct{}{} }()
+	}
+	for deadline := time.Now().Add(20 * time.Second); len(nodes[3].Members()) < 4; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("cluster did not form")
+		}
+	}
+	m := &core.Manifest{Service: "web", Build: "v1", Origin: "n0"}
+	data := make([]byte, 6<<20+777)
+	_, _ = rand.Read(data)
+	if err := os.WriteFile(nodes[0].ArchivePath("web", "v1"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[0].Describe(m); err != nil {
+		t.Fatal(err)
+	}
+	xs := make([]*Transfer, len(nodes))
+	for i, s := range nodes {
+		x, err := s.Add(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		xs[i] = x
+	}
+	for i, x := range xs {
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		err := x.Wait(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("node %d: %v (progress %+v)", i, err, x.Progress())
+		}
+		if got, _ := os.ReadFile(x.Path()); string(got) != string(data) {
+			t.Fatalf("node %d: archive differs", i)
+		}
+		if i > 0 && len(x.slice) == 0 {
+			t.Errorf("node %d had no slice", i)
+		}
+	}
+	up := nodes[0].Seeds()[0].Uploaded
+	t.Logf("origin: %d bytes over HTTP, %d over the torrent, size %d", served.Load(), up, m.Size)
+	if served.Load() < m.Size/2 {
+		t.Errorf("origin served only %d of %d bytes over HTTP: slices were not pulled", served.Load(), m.Size)
+	}
+	if total := served.Load() + up; total > 2*m.Size {
+		t.Errorf("origin sent %d bytes in all, want at most 2 x %d", total, m.Size)
+	}
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }

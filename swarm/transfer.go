@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/anacrolix/torrent"
@@ -93,6 +94,27 @@ type Transfer struct {
 
 	mu   sync.Mutex       // guards from
 	from map[string]int64 // useful bytes received, by sending node
+
+	// slice is this host's share of the pieces, pulled from the origin over
+	// HTTP (see slice.go); avoidOrigin keeps the origin out of its torrent
+	// peers meanwhile, so the origin sends each piece once.
+	slice       []int
+	avoidOrigin atomic.Bool
+	// served counts archive bytes this host sent outside the torrent engine
+	// (HTTP slices and origin-method copies), reported in Uploaded.
+	served atomic.Int64
+}
+
+// AddServed records n archive bytes of a build sent over HTTP.
+func (s *Swarm) AddServed(service, build string, n int64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, x := range s.transfers {
+		if x.m.Service == service && x.m.Build == build {
+			x.served.Add(n)
+			return
+		}
+	}
 }
 
 // Add starts fetching the build described by m, or seeding it if this host
@@ -130,6 +152,7 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	}
 	x.initial = x.verified()
 	t.DownloadAll()
+	s.planSlice(x)
 	s.refreshPeers()
 	return x, nil
 }
@@ -192,7 +215,7 @@ type Progress struct {
 	Received   int64 `json:"received"`
 	FromOrigin int64 `json:"from_origin"`
 	FromPeers  int64 `json:"from_peers"`
-	// Uploaded counts piece bytes this host sent to others.
+	// Uploaded counts archive bytes this host sent to others (pieces and HTTP).
 	Uploaded int64      `json:"uploaded"`
 	Complete bool       `json:"complete"`
 	Peers    []PeerStat `json:"peers,omitempty"`
@@ -214,7 +237,7 @@ type PeerStat struct {
 func (x *Transfer) Progress() Progress {
 	st := x.t.Stats()
 	p := Progress{Have: x.verified(), Total: x.m.Size, Resumed: x.initial,
-		Uploaded: st.BytesWrittenData.Int64(), Complete: x.t.Complete().Bool()}
+		Uploaded: st.BytesWrittenData.Int64() + x.served.Load(), Complete: x.t.Complete().Bool()}
 	x.s.mu.RLock()
 	names := x.s.names
 	x.s.mu.RUnlock()
@@ -267,7 +290,7 @@ func (s *Swarm) Seeds() []Seed {
 	for _, x := range xs {
 		st := x.t.Stats()
 		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.verified(), Total: x.m.Size,
-			Uploaded: st.BytesWrittenData.Int64(), Peers: len(x.t.PeerConns())})
+			Uploaded: st.BytesWrittenData.Int64() + x.served.Load(), Peers: len(x.t.PeerConns())})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Service != out[j].Service {
