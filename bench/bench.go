@@ -43,6 +43,8 @@ type Config struct {
 	Out string
 	// Net is "loopback" (caps by Shoal's rate limiters) or "netns" (caps by tc; needs root).
 	Net string
+	// MTU of every link in netns mode (default 1500; 9000 is a jumbo-frame datacenter network).
+	MTU int
 	// Methods: "p2p" and/or "origin".
 	Methods []string
 	// Timeout bounds one run. Default 10m.
@@ -96,6 +98,7 @@ type Result struct {
 	Size   int64     `json:"size"`
 	Up     int64     `json:"up"`
 	Down   int64     `json:"down"`
+	MTU    int       `json:"mtu,omitempty"`
 	// Seconds from the Consul write until each fetching host had a
 	// verified copy (Verified) and until it was active (Active).
 	Verified Summary `json:"verified"`
@@ -180,7 +183,7 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 	opts := fleet.Options{ShoalBin: cfg.ShoalBin, ConsulBin: cfg.ConsulBin, N: n + 1, Net: "127.0.60",
 		Dir: filepath.Join(work, fmt.Sprintf("%s-%d", method, n)),
 		Args: func(int) []string {
-			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "info", "--keep", "2", "--pprof"}
+			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "warn", "--keep", "2", "--pprof"}
 			if cfg.Net == "loopback" {
 				if cfg.Up > 0 {
 					a = append(a, "--upload-rate", strconv.FormatInt(cfg.Up, 10))
@@ -192,7 +195,7 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 			return a
 		}}
 	if cfg.Net == "netns" {
-		topo, err := NewTopology(ctx, n+1, cfg.Up, cfg.Down)
+		topo, err := NewTopology(ctx, n+1, cfg.Up, cfg.Down, cfg.MTU)
 		if err != nil {
 			return nil, err
 		}
@@ -258,6 +261,9 @@ func waitFleet(ctx context.Context, f *fleet.Fleet, want int) error {
 func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client, method string, n, run int, work, payload string) (Result, error) {
 	res := Result{Time: time.Now().UTC(), Commit: agent.Version, Method: method, Net: cfg.Net, N: n, Run: run,
 		Size: cfg.Size, Up: cfg.Up, Down: cfg.Down}
+	if cfg.Net == "netns" {
+		res.MTU = max(cfg.MTU, 1500)
+	}
 	build := fmt.Sprintf("%s-n%d-r%d-%d", method, n, run, time.Now().Unix())
 	src := filepath.Join(work, "src-"+build)
 	if err := os.MkdirAll(src, 0o755); err != nil {

@@ -18,6 +18,7 @@ import (
 // these namespaces. A veth from the root namespace (198.18.0.1) lets the
 // harness reach the agents' APIs. Close removes every namespace it made.
 type Topology struct {
+	mtu      int
 	hosts    int
 	up, down int64
 	made     []string // namespaces created, for Close
@@ -28,8 +29,12 @@ const nsPrefix = "shoalb-"
 
 func nsName(s string) string { return nsPrefix + s }
 
-// NewTopology builds the network for hosts hosts (root required).
-func NewTopology(ctx context.Context, hosts int, up, down int64) (t *Topology, err error) {
+// NewTopology builds the network for hosts hosts (root required), every
+// link with the given MTU (0: 1500).
+func NewTopology(ctx context.Context, hosts int, up, down int64, mtu int) (t *Topology, err error) {
+	if mtu == 0 {
+		mtu = 1500
+	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench: --net netns needs root (network namespaces and tc); use --net loopback otherwise")
 	}
@@ -42,7 +47,7 @@ func NewTopology(ctx context.Context, hosts int, up, down int64) (t *Topology, e
 		return nil, fmt.Errorf("bench: %d hosts is too many", hosts)
 	}
 	CleanupStale(ctx)
-	t = &Topology{hosts: hosts, up: up, down: down}
+	t = &Topology{hosts: hosts, up: up, down: down, mtu: mtu}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -59,7 +64,10 @@ func NewTopology(ctx context.Context, hosts int, up, down int64) (t *Topology, e
 		return t, err
 	}
 	// The harness's own door into the network.
-	if err := run(ctx, "ip", "link", "add", "shoalb-root", "type", "veth", "peer", "name", "shoalb-rootb"); err != nil {
+	if err := run(ctx, "ip", "-n", br, "link", "set", "br0", "mtu", strconv.Itoa(mtu)); err != nil {
+		return t, err
+	}
+	if err := run(ctx, "ip", "link", "add", "shoalb-root", "mtu", strconv.Itoa(mtu), "type", "veth", "peer", "name", "shoalb-rootb", "mtu", strconv.Itoa(mtu)); err != nil {
 		return t, err
 	}
 	t.rootLink = true
@@ -115,7 +123,7 @@ func (t *Topology) attach(ctx context.Context, ns, tag, ip string, up, down int6
 		return err
 	}
 	cmds := [][]string{
-		{"ip", "link", "add", a, "type", "veth", "peer", "name", b},
+		{"ip", "link", "add", a, "mtu", strconv.Itoa(t.mtu), "type", "veth", "peer", "name", b, "mtu", strconv.Itoa(t.mtu)},
 		{"ip", "link", "set", a, "netns", ns},
 		{"ip", "link", "set", b, "netns", br},
 		{"ip", "-n", ns, "addr", "add", ip + "/15", "dev", a},

@@ -27,6 +27,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	runs := fs.Int("runs", 3, "runs per method and N")
 	out := fs.String("out", "bench-out", "directory for results.jsonl and plots")
 	netMode := fs.String("net", "loopback", "loopback (caps by Shoal's limiters) or netns (kernel-shaped namespaces; root)")
+	mtu := fs.Int("mtu", 1500, "link MTU in netns mode (9000: jumbo frames, as in most datacenter networks)")
 	methods := listFlag{}
 	fs.Var(&methods, "method", "p2p, origin or both (default p2p,origin)")
 	consulBin := fs.String("consul-bin", "bin/consul", "consul binary (built by `make consul`)")
@@ -48,7 +49,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		methods = listFlag{"p2p", "origin"}
 	}
 	cfg := bench.Config{Size: int64(size), Up: int64(up), Down: int64(down), Runs: *runs, Out: *out,
-		Net: *netMode, Methods: methods, Timeout: *timeout, Progress: env.Stderr}
+		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr}
 	for _, h := range hosts {
 		n, err := strconv.Atoi(h)
 		if err != nil {

@@ -32,7 +32,7 @@ import (
 
 // stallToOrigin is how long a host avoiding the origin waits without progress
 // before it asks the origin again.
-const stallToOrigin = 3 * time.Second
+const stallToOrigin = 5 * time.Second
 
 // OriginURL, if set, gives the HTTP URL of a build's archive on the origin
 // ("" when unknown). The agent sets it; nil disables origin slices.
