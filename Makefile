@@ -38,8 +38,11 @@ test: vet unit e2e
 demo: build consul
 	./scripts/demo.sh
 
+# The default sweep: N = 5,10,20,40, 100 MB, 10 MB/s up and down, 3 runs, p2p and origin.
+# Kernel-shaped network namespaces when root (iproute2's ip and tc), else loopback.
+BENCH_NET ?= $(shell [ "$$(id -u)" = 0 ] && command -v tc >/dev/null && echo netns || echo loopback)
 bench: build consul
-	./bin/shoal bench --consul-bin bin/consul --out bench-out
+	./bin/shoal bench --net $(BENCH_NET) --consul-bin bin/consul --out bench-out $(BENCH_ARGS)
 
 clean:
 	rm -rf bin bench-out .demo

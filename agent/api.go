@@ -94,7 +94,6 @@ func (a *Agent) fleet(ctx context.Context) []FleetHost {
 	members := a.swarm.Members()
 	out := make([]FleetHost, len(members))
 	var wg sync.WaitGroup
-	client := &http.Client{Timeout: 3 * time.Second}
 	for i, m := range members {
 		out[i].Member = m
 		if m.Name == a.cfg.Swarm.Node {
@@ -109,8 +108,8 @@ func (a *Agent) fleet(ctx context.Context) []FleetHost {
 		wg.Add(1)
 		go func(i int, m swarm.Member) {
 			defer wg.Done()
-			var st HostStatus
-			if err := getJSON(ctx, client, "http://"+m.API+"/v1/status", &st); err != nil {
+			st, err := NewClient(m.API, 3*time.Second).Status(ctx)
+			if err != nil {
 				out[i].Error = err.Error()
 				return
 			}
@@ -119,22 +118,6 @@ func (a *Agent) fleet(ctx context.Context) []FleetHost {
 	}
 	wg.Wait()
 	return out
-}
-
-func getJSON(ctx context.Context, c *http.Client, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -180,7 +180,7 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 	if method == "origin" {
 		fetch = agent.FetchOrigin
 	}
-	opts := fleet.Options{ShoalBin: cfg.ShoalBin, ConsulBin: cfg.ConsulBin, N: n + 1, Net: "127.0.60",
+	opts := fleet.Options{ShoalBin: cfg.ShoalBin, ConsulBin: cfg.ConsulBin, N: n + 1, Net: "127.0.60", Gossip: "lan",
 		Dir: filepath.Join(work, fmt.Sprintf("%s-%d", method, n)),
 		Args: func(int) []string {
 			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "warn", "--keep", "2", "--pprof"}
@@ -278,7 +278,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	}
 	origin := f.Agents[0]
 	var m core.Manifest
-	if err := apiDo(ctx, origin.API, "POST", "/v1/publish", agent.PublishRequest{Service: service, Build: build, Dir: src}, &m); err != nil {
+	if err := api(origin.API).Do(ctx, "POST", "/v1/publish", agent.PublishRequest{Service: service, Build: build, Dir: src}, &m); err != nil {
 		return res, fmt.Errorf("bench: publish: %w", err)
 	}
 	cpu0 := cpuSeconds(f)

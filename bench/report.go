@@ -1,12 +1,14 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -64,15 +66,15 @@ func WritePlots(dir string, rs []Result) error {
 		maxN = max(maxN, r.N)
 	}
 	var ss []series
-	for _, m := range sortedMethods(byMethod) {
+	for _, m := range sortedKeys(byMethod) {
 		s := series{name: m + " (median of runs)", color: colors[m]}
-		for _, n := range sortedInts(byMethod[m]) {
+		for _, n := range sortedKeys(byMethod[m]) {
 			s.pts = append(s.pts, [2]float64{float64(n), Percentile(byMethod[m][n], 50)})
 		}
 		ss = append(ss, s)
 	}
 	b := series{name: "T* lower bound", color: "#2ca02c", dashed: true}
-	for _, n := range sortedInts(bound) {
+	for _, n := range sortedKeys(bound) {
 		b.pts = append(b.pts, [2]float64{float64(n), bound[n]})
 	}
 	ss = append(ss, b)
@@ -80,7 +82,7 @@ func WritePlots(dir string, rs []Result) error {
 		return err
 	}
 	var cdf []series
-	for _, m := range sortedMethods(byMethod) {
+	for _, m := range sortedKeys(byMethod) {
 		var xs []float64
 		for _, r := range rs {
 			if r.Method == m && r.N == maxN {
@@ -97,21 +99,12 @@ func WritePlots(dir string, rs []Result) error {
 	return os.WriteFile(filepath.Join(dir, "cdf.svg"), []byte(svgPlot(fmt.Sprintf("Host completion CDF, N = %d", maxN), "seconds since the Consul write", "fraction of hosts verified", cdf, true)), 0o644)
 }
 
-func sortedMethods[V any](m map[string]V) []string {
-	var out []string
+func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
+	out := make([]K, 0, len(m))
 	for k := range m {
 		out = append(out, k)
 	}
-	sort.Strings(out)
-	return out
-}
-
-func sortedInts[V any](m map[int]V) []int {
-	var out []int
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Ints(out)
+	slices.Sort(out)
 	return out
 }
 

@@ -39,7 +39,7 @@ func runPublish(ctx context.Context, env Env, args []string) error {
 	}
 	start := time.Now()
 	var m core.Manifest
-	err = newAPI(*api, 0).do(ctx, "POST", "/v1/publish", agent.PublishRequest{Service: *service, Build: *build, Dir: dir}, &m)
+	err = newAPI(*api, 0).Do(ctx, "POST", "/v1/publish", agent.PublishRequest{Service: *service, Build: *build, Dir: dir}, &m)
 	if err != nil {
 		return err
 	}

@@ -98,9 +98,9 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	}
 }
 
-func fleetRows(ctx context.Context, c *apiClient, service string) ([]HostRow, error) {
-	var fleet []agent.FleetHost
-	if err := c.do(ctx, "GET", "/v1/fleet", nil, &fleet); err != nil {
+func fleetRows(ctx context.Context, c *agent.Client, service string) ([]HostRow, error) {
+	fleet, err := c.Fleet(ctx)
+	if err != nil {
 		return nil, err
 	}
 	var rows []HostRow

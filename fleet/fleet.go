@@ -101,6 +101,8 @@ type AgentSpec struct {
 	Env []string
 	// Wrap prefixes the command, e.g. `ip netns exec NS`.
 	Wrap []string
+	// Gossip is the gossip profile, default "local" (fast failure detection).
+	Gossip string
 }
 
 // Agent is a running `shoal agent` process.
@@ -132,8 +134,12 @@ func (a *Agent) start(ctx context.Context, bin, consul string) error {
 		return err
 	}
 	defer log.Close()
+	gossip := a.Spec.Gossip
+	if gossip == "" {
+		gossip = "local"
+	}
 	args := []string{"agent", "--node", a.Spec.Node, "--data-dir", a.Spec.DataDir, "--bind", a.Spec.IP,
-		"--consul", consul, "--gossip-profile", "local", "--log-format", "json"}
+		"--consul", consul, "--gossip-profile", gossip, "--log-format", "json"}
 	if len(a.Spec.Join) > 0 {
 		args = append(args, "--join", strings.Join(a.Spec.Join, ","))
 	}
@@ -216,6 +222,9 @@ type Options struct {
 	IP func(i int) string
 	// Wrap, if set, prefixes agent i's command (e.g. `ip netns exec NS`).
 	Wrap func(i int) []string
+	// Gossip is the agents' gossip profile (default "local"; "lan" for
+	// large or CPU-starved fleets, where local's short timeouts misfire).
+	Gossip string
 	// ConsulIP and ConsulWrap place Consul; default 127.0.0.1, no prefix.
 	ConsulIP   string
 	ConsulWrap []string
@@ -249,7 +258,7 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 	}
 	specs := make([]AgentSpec, o.N)
 	for i := range specs {
-		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: ip(i), Env: o.Env}
+		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: ip(i), Env: o.Env, Gossip: o.Gossip}
 		spec.DataDir = filepath.Join(f.Dir, spec.Node)
 		if i > 0 {
 			spec.Join = []string{ip(0)}

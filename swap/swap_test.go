@@ -175,7 +175,9 @@ func TestActivateOrderAndSwitch(t *testing.T) {
 	}
 }
 
-func TestDrainFailureSwitchesNothing(t *testing.T) {
+// liveOnV1 is a store with v1 live and v2 installed.
+func liveOnV1(t *testing.T) (*Store, context.Context) {
+	t.Helper()
 	s, _ := newStore(t)
 	install(t, s, "v1")
 	install(t, s, "v2")
@@ -183,6 +185,11 @@ func TestDrainFailureSwitchesNothing(t *testing.T) {
 	if err := s.Activate(ctx, "web", "v1", Hooks{}, nil); err != nil {
 		t.Fatal(err)
 	}
+	return s, ctx
+}
+
+func TestDrainFailureSwitchesNothing(t *testing.T) {
+	s, ctx := liveOnV1(t)
 	err := s.Activate(ctx, "web", "v2", Hooks{Drain: "echo busy >&2; exit 3"}, nil)
 	if !errors.Is(err, ErrDrainFailed) || !strings.Contains(err.Error(), "busy") {
 		t.Fatalf("got %v, want ErrDrainFailed mentioning the hook output", err)
@@ -193,13 +200,7 @@ func TestDrainFailureSwitchesNothing(t *testing.T) {
 }
 
 func TestHealthFailureSwitchesBack(t *testing.T) {
-	s, _ := newStore(t)
-	install(t, s, "v1")
-	install(t, s, "v2")
-	ctx := context.Background()
-	if err := s.Activate(ctx, "web", "v1", Hooks{}, nil); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := liveOnV1(t)
 	h := Hooks{HealthCmd: `test "$SHOAL_BUILD" != v2`, HealthRetries: 2, HealthInterval: 1}
 	err := s.Activate(ctx, "web", "v2", h, nil)
 	if !errors.Is(err, ErrHealthFailed) || !strings.Contains(err.Error(), "switched back to v1") {

@@ -167,6 +167,7 @@ func (s *Swarm) Run(ctx context.Context) error {
 	peerTick := time.NewTicker(s.cfg.PeerRefresh.D())
 	defer peerTick.Stop()
 	s.join()
+	lastJoin := time.Now()
 	s.refreshPeers()
 	for {
 		select {
@@ -174,8 +175,12 @@ func (s *Swarm) Run(ctx context.Context) error {
 			_ = s.ml.Leave(time.Second)
 			return nil
 		case <-joinTick.C:
-			if s.ml.NumMembers() < 2 {
+			// Alone: keep trying. Otherwise re-join now and then, so a node
+			// the others wrongly declared dead (a long pause, an overloaded
+			// host) is merged back instead of staying in a split cluster.
+			if s.ml.NumMembers() < 2 || time.Since(lastJoin) > rejoinEvery {
 				s.join()
+				lastJoin = time.Now()
 			}
 		case <-s.nudge:
 			s.refreshPeers()
@@ -251,6 +256,9 @@ func (s *Swarm) refreshPeers() {
 		x.t.AddPeers(ps)
 	}
 }
+
+// rejoinEvery is how often a member contacts its join addresses again.
+const rejoinEvery = 30 * time.Second
 
 type addrPort struct{ netip.AddrPort }
 

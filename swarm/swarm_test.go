@@ -55,56 +55,14 @@ func TestConfigValidate(t *testing.T) {
 // Three swarms in one process on their own loopback addresses: the origin
 // seeds a build, the others fetch it from the origin and from each other.
 func TestThreeNodeTransfer(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var nodes []*Swarm
-	done := make(chan struct{})
-	running := 0
-	for i := 0; i < 3; i++ {
-		cfg := Config{Node: fmt.Sprintf("n%d", i), BindAddr: fmt.Sprintf("127.0.41.%d", i+2), DataDir: t.TempDir(),
-			Gossip: "local", PeerRefresh: core.Duration(200 * time.Millisecond), JoinRetry: core.Duration(200 * time.Millisecond)}
-		if i > 0 {
-			cfg.Join = []string{"127.0.41.2"}
-		}
-		s, err := New(cfg, zerolog.Nop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, s)
-		running++
-		go func() { _ = s.Run(ctx); done <- struct{}{} }()
-	}
-	defer func() {
-		cancel()
-		for ; running > 0; running-- {
-			<-done
-		}
-		for _, s := range nodes {
-			s.Close()
-		}
-	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for len(nodes[2].Members()) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("members = %v, want 3", nodes[2].Members())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ctx := context.Background()
+	nodes := startSwarms(t, 3, 41, zerolog.Nop(), nil)
 	for _, m := range nodes[1].Members() {
 		if m.Torrent == "" || m.State != "alive" {
 			t.Errorf("member %+v lacks a torrent address or is not alive", m)
 		}
 	}
-
-	m := &core.Manifest{Service: "web", Build: "v1", Origin: "n0"}
-	data := make([]byte, 3<<20+12345)
-	_, _ = rand.Read(data)
-	if err := os.WriteFile(nodes[0].ArchivePath("web", "v1"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := nodes[0].Describe(m); err != nil {
-		t.Fatal(err)
-	}
+	m, data := publish(t, nodes[0], 3<<20+12345)
 	if m.Size != int64(len(data)) || m.PieceLength != 256<<10 {
 		t.Errorf("described size %d piece %d", m.Size, m.PieceLength)
 	}
@@ -156,52 +114,18 @@ func TestThreeNodeTransfer(t *testing.T) {
 // Four swarms; the fetching hosts pull their slices from the origin over
 // HTTP and everything else from each other.
 func TestOriginSlices(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var nodes []*Swarm
+	ctx := context.Background()
 	var served atomic.Int64
-	done := make(chan struct{})
-	defer func() {
-		cancel()
-		for range nodes {
-			<-done
-		}
-		for _, s := range nodes {
-			s.Close()
-		}
-	}()
+	var origin *Swarm
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cw := &countingWriter{ResponseWriter: w, n: &served}
-		http.ServeFile(cw, r, nodes[0].ArchivePath("web", "v1"))
+		http.ServeFile(&countingWriter{ResponseWriter: w, n: &served}, r, origin.ArchivePath("web", "v1"))
 	}))
 	defer srv.Close()
-	for i := 0; i < 4; i++ {
-		cfg := Config{Node: fmt.Sprintf("n%d", i), BindAddr: fmt.Sprintf("127.0.42.%d", i+2), DataDir: t.TempDir(),
-			Gossip: "local", PeerRefresh: core.Duration(200 * time.Millisecond), JoinRetry: core.Duration(200 * time.Millisecond)}
-		if i > 0 {
-			cfg.Join = []string{"127.0.42.2"}
-		}
-		s, err := New(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
-		if err != nil {
-			t.Fatal(err)
-		}
+	nodes := startSwarms(t, 4, 42, zerolog.Nop(), func(s *Swarm) {
 		s.SetOriginURL(func(origin, service, build string) string { return srv.URL })
-		nodes = append(nodes, s)
-		go func() { _ = s.Run(ctx); done <- struct{}{} }()
-	}
-	for deadline := time.Now().Add(20 * time.Second); len(nodes[3].Members()) < 4; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("cluster did not form")
-		}
-	}
-	m := &core.Manifest{Service: "web", Build: "v1", Origin: "n0"}
-	data := make([]byte, 6<<20+777)
-	_, _ = rand.Read(data)
-	if err := os.WriteFile(nodes[0].ArchivePath("web", "v1"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := nodes[0].Describe(m); err != nil {
-		t.Fatal(err)
-	}
+	})
+	origin = nodes[0]
+	m, data := publish(t, origin, 6<<20+777)
 	xs := make([]*Transfer, len(nodes))
 	for i, s := range nodes {
 		x, err := s.Add(ctx, m)
@@ -243,4 +167,59 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// startSwarms runs n swarms on 127.0.<octet>.2… that join the first one,
+// waits until every one sees all n, and stops them when the test ends.
+func startSwarms(t *testing.T, n, octet int, log zerolog.Logger, setup func(*Swarm)) []*Swarm {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var nodes []*Swarm
+	t.Cleanup(func() {
+		cancel()
+		for range nodes {
+			<-done
+		}
+		for _, s := range nodes {
+			s.Close()
+		}
+	})
+	for i := 0; i < n; i++ {
+		cfg := Config{Node: fmt.Sprintf("n%d", i), BindAddr: fmt.Sprintf("127.0.%d.%d", octet, i+2), DataDir: t.TempDir(),
+			Gossip: "local", PeerRefresh: core.Duration(200 * time.Millisecond), JoinRetry: core.Duration(200 * time.Millisecond)}
+		if i > 0 {
+			cfg.Join = []string{fmt.Sprintf("127.0.%d.2", octet)}
+		}
+		s, err := New(cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if setup != nil {
+			setup(s)
+		}
+		nodes = append(nodes, s)
+		go func() { _ = s.Run(ctx); done <- struct{}{} }()
+	}
+	for deadline := time.Now().Add(20 * time.Second); len(nodes[n-1].Members()) < n; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("members = %v, want %d", nodes[n-1].Members(), n)
+		}
+	}
+	return nodes
+}
+
+// publish writes a random archive of size bytes on nodes[0] and describes it.
+func publish(t *testing.T, origin *Swarm, size int) (*core.Manifest, []byte) {
+	t.Helper()
+	m := &core.Manifest{Service: "web", Build: "v1", Origin: origin.cfg.Node}
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	if err := os.WriteFile(origin.ArchivePath("web", "v1"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := origin.Describe(m); err != nil {
+		t.Fatal(err)
+	}
+	return m, data
 }
