@@ -18,6 +18,7 @@ import (
 // these namespaces. A veth from the root namespace (198.18.0.1) lets the
 // harness reach the agents' APIs. Close removes every namespace it made.
 type Topology struct {
+	sysctls  map[string]string // values to restore on Close
 	mtu      int
 	hosts    int
 	up, down int64
@@ -47,12 +48,21 @@ func NewTopology(ctx context.Context, hosts int, up, down int64, mtu int) (t *To
 		return nil, fmt.Errorf("bench: %d hosts is too many", hosts)
 	}
 	CleanupStale(ctx)
-	t = &Topology{hosts: hosts, up: up, down: down, mtu: mtu}
+	t = &Topology{hosts: hosts, up: up, down: down, mtu: mtu, sysctls: map[string]string{}}
 	defer func() {
 		if err != nil {
 			t.Close()
 		}
 	}()
+	// The kernel's neighbour (ARP) table is shared by every namespace and
+	// holds 1024 entries by default: 40 hosts that all talk to each other
+	// overflow it and links fail at random. Raise it while we run.
+	need := (hosts + 2) * (hosts + 2) * 2
+	for i, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
+		if err := t.raiseSysctl("/proc/sys/net/ipv4/neigh/default/"+name, need*(i+1)/3+1024); err != nil {
+			return t, err
+		}
+	}
 	br := nsName("br")
 	if err := t.addNS(ctx, br); err != nil {
 		return t, err
@@ -152,7 +162,25 @@ func tbf(dev string, rate int64) []string {
 		"burst", strconv.FormatInt(burst, 10), "latency", "100ms"}
 }
 
-// Close deletes every namespace (and with them every veth) it made.
+// raiseSysctl sets path to at least v, remembering the old value.
+func (t *Topology) raiseSysctl(path string, v int) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("bench: read %s: %w", path, err)
+	}
+	old := strings.TrimSpace(string(b))
+	if n, _ := strconv.Atoi(old); n >= v {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(v)), 0o644); err != nil {
+		return fmt.Errorf("bench: raise %s to %d: %w", path, v, err)
+	}
+	t.sysctls[path] = old
+	return nil
+}
+
+// Close deletes every namespace (and with them every veth) it made and
+// restores the sysctls it raised.
 func (t *Topology) Close() {
 	ctx := context.Background()
 	for i := len(t.made) - 1; i >= 0; i-- {
@@ -162,6 +190,14 @@ func (t *Topology) Close() {
 		_ = run(ctx, "ip", "link", "del", "shoalb-root")
 	}
 	t.made = nil
+	// Restore the neighbour-table thresholds that were raised.
+	for _, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
+		path := "/proc/sys/net/ipv4/neigh/default/" + name
+		if old, ok := t.sysctls[path]; ok {
+			_ = os.WriteFile(path, []byte(old), 0o644)
+			delete(t.sysctls, path)
+		}
+	}
 }
 
 // CleanupStale removes namespaces and links a killed bench left behind.
