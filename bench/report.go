@@ -177,3 +177,23 @@ func num(v float64) string {
 func esc(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
 }
+
+// ReadJSONLines reads results written by AppendJSONLines.
+func ReadJSONLines(path string) ([]Result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []Result
+	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		var r Result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return nil, fmt.Errorf("bench: %s line %d: %w", path, i+1, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}

@@ -52,3 +52,25 @@ func TestBound(t *testing.T) {
 		}
 	}
 }
+
+func TestResultsRoundTripAndPlots(t *testing.T) {
+	dir := t.TempDir()
+	rs := []Result{
+		{Method: "p2p", N: 5, Run: 1, Size: 100, Verified: Summary{Max: 12}, HostVerified: []float64{10, 11, 12}, Bound: 10},
+		{Method: "origin", N: 5, Run: 1, Size: 100, Verified: Summary{Max: 55}, HostVerified: []float64{50, 52, 55}, Bound: 10},
+	}
+	path := dir + "/results.jsonl"
+	if err := AppendJSONLines(path, rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := AppendJSONLines(path, rs[:1]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadJSONLines(path)
+	if err != nil || len(got) != 3 || got[1].Method != "origin" || got[2].Verified.Max != 12 {
+		t.Fatalf("ReadJSONLines = %+v, %v", got, err)
+	}
+	if err := WritePlots(dir, got); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -21,19 +21,20 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	hosts := listFlag{}
 	fs.Var(&hosts, "hosts", "fleet sizes to sweep, comma-separated (default 5,10,20,40)")
 	size, up, down := sizeFlag(100e6), sizeFlag(10e6), sizeFlag(10e6)
-	fs.Var(&size, "size", "build size (default 100MB)")
-	fs.Var(&up, "up", "upload cap per host, origin included, per second (default 10MB; 0 = none)")
-	fs.Var(&down, "down", "download cap per host, per second (default 10MB; 0 = none)")
+	fs.Var(&size, "size", "build size")
+	fs.Var(&up, "up", "upload cap per host, origin included, per second (0 = none)")
+	fs.Var(&down, "down", "download cap per host, per second (0 = none)")
 	runs := fs.Int("runs", 3, "runs per method and N")
 	out := fs.String("out", "bench-out", "directory for results.jsonl and plots")
 	netMode := fs.String("net", "loopback", "loopback (caps by Shoal's limiters) or netns (kernel-shaped namespaces; root)")
 	mtu := fs.Int("mtu", 1500, "link MTU in netns mode (9000: jumbo frames, as in most datacenter networks)")
 	methods := listFlag{}
 	fs.Var(&methods, "method", "p2p, origin or both (default p2p,origin)")
-	consulBin := fs.String("consul-bin", "bin/consul", "consul binary (built by `make consul`)")
+	consulBin := fs.String("consul-bin", "bin/consul", "consul binary (built by make consul)")
 	shoalBin := fs.String("shoal-bin", "", "shoal binary for the agents (default: this one)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for one run")
 	cleanup := fs.Bool("cleanup", false, "only remove namespaces a killed bench left behind, then exit")
+	report := fs.Bool("report", false, "run nothing: print the table and redraw the plots from --out/results.jsonl")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -41,6 +42,16 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		n := bench.CleanupStale(ctx)
 		fmt.Fprintf(env.Stdout, "removed %d stale bench namespaces\n", n)
 		return nil
+	}
+	if *report {
+		results, err := bench.ReadJSONLines(filepath.Join(*out, "results.jsonl"))
+		if err != nil {
+			return err
+		}
+		if err := bench.WriteTable(env.Stdout, results); err != nil {
+			return err
+		}
+		return bench.WritePlots(*out, results)
 	}
 	if len(hosts) == 0 {
 		hosts = listFlag{"5", "10", "20", "40"}

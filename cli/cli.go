@@ -173,7 +173,20 @@ func HumanBytes(n int64) string {
 // sizeFlag is a flag.Value holding a byte count.
 type sizeFlag int64
 
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
+func (s *sizeFlag) String() string {
+	n := int64(*s)
+	switch {
+	case n == 0:
+		return "0"
+	case n%1e9 == 0:
+		return strconv.FormatInt(n/1e9, 10) + "GB"
+	case n%1e6 == 0:
+		return strconv.FormatInt(n/1e6, 10) + "MB"
+	case n%1e3 == 0:
+		return strconv.FormatInt(n/1e3, 10) + "KB"
+	}
+	return strconv.FormatInt(n, 10)
+}
 func (s *sizeFlag) Set(v string) error {
 	n, err := ParseSize(v)
 	*s = sizeFlag(n)

@@ -34,6 +34,9 @@ import (
 // before it asks the origin again.
 const stallToOrigin = 5 * time.Second
 
+// stallNothingYet is the same limit for a host that has no piece at all yet.
+const stallNothingYet = 30 * time.Second
+
 // OriginURL, if set, gives the HTTP URL of a build's archive on the origin
 // ("" when unknown). The agent sets it; nil disables origin slices.
 type OriginURL func(origin, service, build string) string
@@ -137,10 +140,17 @@ func (s *Swarm) steer(x *Transfer, url string) {
 			return
 		case <-tick.C:
 		}
+		// A host with an empty slice (more hosts than pieces) has nothing
+		// until the slice owners finish theirs, which at a low origin rate
+		// takes a while: give it longer before calling it a stall.
+		limit := stallToOrigin
+		if last == 0 {
+			limit = stallNothingYet
+		}
 		if have := x.verified(); have > last {
 			last, lastGain = have, time.Now()
-		} else if time.Since(lastGain) > stallToOrigin {
-			fallback(fmt.Sprintf("no progress from peers for %s", stallToOrigin), nil)
+		} else if time.Since(lastGain) > limit {
+			fallback(fmt.Sprintf("no progress from peers for %s", limit), nil)
 			return
 		}
 	}
