@@ -135,7 +135,7 @@ func (lr *limitedReader) Read(p []byte) (int, error) {
 // fetchFromOrigin pulls m's archive over HTTP from the origin's API into
 // the archive path, reporting progress through the service's status.
 func (s *service) fetchFromOrigin(ctx context.Context, m *core.Manifest) error {
-	s.to(core.StateFetching, m.Build, fmt.Sprintf("%d bytes over HTTP from origin %s", m.Size, m.Origin))
+	s.log.Info().Str("build", m.Build).Int64("bytes", m.Size).Str("origin", m.Origin).Msg("fetching over HTTP from the origin")
 	if m.Origin == s.a.cfg.Swarm.Node {
 		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
 		return nil // this host published it: the archive is already here

@@ -130,7 +130,9 @@ func (s *service) update(f func(st *ServiceStatus)) {
 	f(&s.st)
 	b, _ := json.MarshalIndent(s.st, "", "  ")
 	s.mu.Unlock()
-	if err := writeFileAtomic(s.statePath(), b); err != nil {
+	// Not fsynced: if a power loss drops the last transitions, the agent
+	// re-handles the release it finds in Consul, which is idempotent.
+	if err := writeFileAtomic(s.statePath(), b, false); err != nil {
 		s.log.Error().Err(err).Msg("cannot persist state")
 	}
 }
@@ -244,6 +246,10 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 	}
 	fetched := false
 	if !s.store.Has(build) {
+		// Fetching starts now: reading the manifest is its first step.
+		if st := s.snapshot(); st.State != core.StateFetching || st.Desired != build {
+			s.to(core.StateFetching, build, "reading the manifest")
+		}
 		m, err := s.manifest(ctx, build)
 		if err != nil {
 			if errors.Is(err, signal.ErrNotFound) || errors.Is(err, core.ErrInvalidManifest) {
@@ -339,7 +345,7 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 		s.cancelFetch, s.fetching = nil, ""
 		s.latestMu.Unlock()
 	}()
-	s.to(core.StateFetching, m.Build, fmt.Sprintf("%d bytes, origin %s", m.Size, m.Origin))
+	s.log.Info().Str("build", m.Build).Int64("bytes", m.Size).Str("origin", m.Origin).Msg("fetching from the swarm")
 	x, err := s.a.swarm.Add(fctx, m)
 	if err != nil {
 		if fctx.Err() != nil && ctx.Err() == nil {
