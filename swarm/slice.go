@@ -74,6 +74,8 @@ func (s *Swarm) planSlice(x *Transfer) {
 			x.t.Piece(i).SetPriority(torrent.PiecePriorityNone)
 		}
 	}
+	s.log.Info().Str("build", x.m.Build).Int("host", k).Int("hosts", n).Int("pieces", len(x.slice)).
+		Int("of", x.t.NumPieces()).Msg("pulling this host's slice from the origin over HTTP")
 	x.avoidOrigin.Store(true)
 	x.closeOriginConns()
 	s.wg.Add(1)
