@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/fleet"
+	"github.com/shoal-deploy/shoal/signal"
+	"github.com/shoal-deploy/shoal/swap"
+	"github.com/shoal-deploy/shoal/swarm"
+)
+
+var consulAddr string
+
+func TestMain(m *testing.M) {
+	bin, _ := filepath.Abs("../bin/consul")
+	if v := os.Getenv("SHOAL_CONSUL_BIN"); v != "" {
+		bin = v
+	}
+	dir, _ := os.MkdirTemp("", "agent-test-")
+	c, err := fleet.StartConsul(context.Background(), bin, dir)
+	if err != nil {
+		println("agent tests need a real Consul: run `make consul`:", err.Error())
+		os.Exit(1)
+	}
+	consulAddr = c.Addr
+	code := m.Run()
+	c.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Two agents in one process (so the race detector sees the state machine,
+// the watch, the API and the swarm together): publish on one, deploy, both
+// go active; an unpublished build is refused; status and metrics say so.
+func TestTwoAgentsInProcess(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hooksLog := filepath.Join(t.TempDir(), "hooks.log")
+	var agents []*Agent
+	done := make(chan error, 2)
+	for i, ip := range []string{"127.0.43.2", "127.0.43.3"} {
+		cfg := Config{DataDir: t.TempDir(),
+			Swarm:  swarmCfg(ip, i),
+			Consul: signal.Config{Address: consulAddr},
+			Services: map[string]ServiceConfig{"web": {Hooks: swap.Hooks{
+				Activate: `echo "$SHOAL_PHASE $SHOAL_BUILD" >> ` + hooksLog}}}}
+		a, err := New(cfg, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		agents = append(agents, a)
+		go func() { done <- a.Run(ctx) }()
+	}
+	defer func() {
+		cancel()
+		for range agents {
+			if err := <-done; err != nil {
+				t.Errorf("Run returned %v, want nil on cancel", err)
+			}
+		}
+	}()
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "index.html"), []byte("hello v1"), 0o644)
+	m, err := agents[0].Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Origin != "a0" || m.Size == 0 {
+		t.Errorf("manifest origin %q size %d", m.Origin, m.Size)
+	}
+	if _, err := agents[0].Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src}); err != nil {
+		t.Errorf("republishing the same build from its origin: %v, want a no-op", err)
+	}
+	sig, _ := signal.New(signal.Config{Address: consulAddr}, zerolog.Nop())
+	if _, err := sig.Deploy(ctx, "web", "v1", "test", ""); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		active := 0
+		for _, a := range agents {
+			if s := a.Status().Services[0]; s.State == core.StateActive && s.Current == "v1" {
+				active++
+			}
+		}
+		if active == len(agents) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not active: %+v / %+v", agents[0].Status().Services, agents[1].Status().Services)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(agents[1].cfg.DataDir, "services", "web", "current", "index.html"))
+	if err != nil || string(b) != "hello v1" {
+		t.Errorf("served file = %q, %v", b, err)
+	}
+	if _, err := sig.Deploy(ctx, "web", "nope", "test", ""); err == nil {
+		t.Error("deploying an unpublished build was accepted")
+	}
+	resp, err := http.Get("http://" + agents[1].cfg.API + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`shoal_service_state{service="web",state="active"} 1`, `shoal_members 2`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
+	fleetView, err := NewClient(agents[1].cfg.API, 5*time.Second).Fleet(ctx)
+	if err != nil || len(fleetView) != 2 || fleetView[0].Status == nil || fleetView[1].Status == nil {
+		t.Errorf("fleet view = %+v, %v", fleetView, err)
+	}
+	hooks, _ := os.ReadFile(hooksLog)
+	if strings.Count(string(hooks), "activate v1") != 2 {
+		t.Errorf("activate hooks ran: %q, want once per agent", hooks)
+	}
+}
+
+func swarmCfg(ip string, i int) swarm.Config {
+	c := swarm.Config{Node: "a" + string(rune('0'+i)), BindAddr: ip, Gossip: "local",
+		PeerRefresh: core.Duration(200 * time.Millisecond), JoinRetry: core.Duration(200 * time.Millisecond)}
+	if i > 0 {
+		c.Join = []string{"127.0.43.2"}
+	}
+	return c
+}
