@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -46,12 +47,13 @@ func TestTwoAgentsInProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	hooksLog := filepath.Join(t.TempDir(), "hooks.log")
+	prefix := fmt.Sprintf("agent-test-%d", time.Now().UnixNano()) // fresh keys on every run
 	var agents []*Agent
 	done := make(chan error, 2)
 	for i, ip := range []string{"127.0.43.2", "127.0.43.3"} {
 		cfg := Config{DataDir: t.TempDir(),
 			Swarm:  swarmCfg(ip, i),
-			Consul: signal.Config{Address: consulAddr},
+			Consul: signal.Config{Address: consulAddr, Prefix: prefix},
 			Services: map[string]ServiceConfig{"web": {Hooks: swap.Hooks{
 				Activate: `echo "$SHOAL_PHASE $SHOAL_BUILD" >> ` + hooksLog}}}}
 		a, err := New(cfg, zerolog.Nop())
@@ -81,7 +83,7 @@ func TestTwoAgentsInProcess(t *testing.T) {
 	if _, err := agents[0].Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src}); err != nil {
 		t.Errorf("republishing the same build from its origin: %v, want a no-op", err)
 	}
-	sig, _ := signal.New(signal.Config{Address: consulAddr}, zerolog.Nop())
+	sig, _ := signal.New(signal.Config{Address: consulAddr, Prefix: prefix}, zerolog.Nop())
 	if _, err := sig.Deploy(ctx, "web", "v1", "test", ""); err != nil {
 		t.Fatal(err)
 	}
