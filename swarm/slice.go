@@ -171,7 +171,7 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 		n := min(pl, x.m.Size-off)
 		var err error
 		for attempt := 0; attempt < 3; attempt++ {
-			if err = s.getRange(ctx, url, off, buf[:n]); err == nil || ctx.Err() != nil {
+			if err = s.getParallel(ctx, url, off, buf[:n]); err == nil || ctx.Err() != nil {
 				break
 			}
 			time.Sleep(time.Duration(attempt+1) * 300 * time.Millisecond)
@@ -193,6 +193,36 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 		x.mu.Unlock()
 	}
 	return nil
+}
+
+// sliceStreams is how many HTTP connections fetch one slice piece at once.
+// A host's download link also carries its peer connections; TCP shares a
+// link per connection, so a single slice stream got ~1/9 of it at N = 5
+// and the origin's upload sat half idle. Several streams for the same
+// piece win the slice a fair share while the piece still completes (and
+// can be forwarded) as early as possible.
+const sliceStreams = 4
+
+// getParallel fills dst from [off, off+len(dst)) with up to sliceStreams
+// concurrent range requests.
+func (s *Swarm) getParallel(ctx context.Context, url string, off int64, dst []byte) error {
+	parts := sliceStreams
+	if len(dst) < parts*(64<<10) {
+		parts = 1
+	}
+	errs := make(chan error, parts)
+	step := (len(dst) + parts - 1) / parts
+	for i := 0; i < parts; i++ {
+		lo, hi := i*step, min((i+1)*step, len(dst))
+		go func() { errs <- s.getRange(ctx, url, off+int64(lo), dst[lo:hi]) }()
+	}
+	var first error
+	for i := 0; i < parts; i++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func (s *Swarm) getRange(ctx context.Context, url string, off int64, dst []byte) error {
