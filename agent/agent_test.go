@@ -23,20 +23,14 @@ import (
 var consulAddr string
 
 func TestMain(m *testing.M) {
-	bin, _ := filepath.Abs("../bin/consul")
-	if v := os.Getenv("SHOAL_CONSUL_BIN"); v != "" {
-		bin = v
-	}
-	dir, _ := os.MkdirTemp("", "agent-test-")
-	c, err := fleet.StartConsul(context.Background(), bin, dir)
+	c, stop, err := fleet.TestConsul()
 	if err != nil {
-		println("agent tests need a real Consul: run `make consul`:", err.Error())
+		println(err.Error())
 		os.Exit(1)
 	}
 	consulAddr = c.Addr
 	code := m.Run()
-	c.Stop()
-	os.RemoveAll(dir)
+	stop()
 	os.Exit(code)
 }
 

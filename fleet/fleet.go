@@ -382,3 +382,22 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// TestConsul starts a Consul dev agent for a package's tests: the binary is
+// $SHOAL_CONSUL_BIN or ../bin/consul (built by `make consul`). stop ends it
+// and removes its directory.
+func TestConsul() (c *Consul, stop func(), err error) {
+	bin, _ := filepath.Abs("../bin/consul")
+	if v := os.Getenv("SHOAL_CONSUL_BIN"); v != "" {
+		bin = v
+	}
+	dir, err := os.MkdirTemp("", "shoal-test-consul-")
+	if err != nil {
+		return nil, nil, err
+	}
+	if c, err = StartConsul(context.Background(), bin, dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("these tests need a real Consul at %s (run `make consul`): %w", bin, err)
+	}
+	return c, func() { c.Stop(); os.RemoveAll(dir) }, nil
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,20 +19,14 @@ import (
 var consulAddr string
 
 func TestMain(m *testing.M) {
-	bin, _ := filepath.Abs("../bin/consul")
-	if v := os.Getenv("SHOAL_CONSUL_BIN"); v != "" {
-		bin = v
-	}
-	dir, _ := os.MkdirTemp("", "signal-test-")
-	c, err := fleet.StartConsul(context.Background(), bin, dir)
+	c, stop, err := fleet.TestConsul()
 	if err != nil {
-		println("signal tests need a real Consul: run `make consul`:", err.Error())
+		println(err.Error())
 		os.Exit(1)
 	}
 	consulAddr = c.Addr
 	code := m.Run()
-	c.Stop()
-	os.RemoveAll(dir)
+	stop()
 	os.Exit(code)
 }
 
