@@ -23,9 +23,10 @@ import (
 // Consul is a running dev-mode Consul agent.
 type Consul struct {
 	// Addr is its HTTP address (host:port).
-	Addr string
-	cmd  *exec.Cmd
-	dir  string
+	Addr   string
+	cmd    *exec.Cmd
+	dir    string
+	exited chan struct{} // closed once the process is reaped
 }
 
 // StartConsul runs `consul agent -dev` from bin with every port on free
@@ -38,17 +39,34 @@ func StartConsul(ctx context.Context, bin, dir string) (*Consul, error) {
 // example `ip netns exec NS`). On 127.0.0.1 it picks free ports; elsewhere
 // (a namespace of its own) it uses the standard ones.
 func StartConsulOn(ctx context.Context, bin, dir, ip string, wrap []string) (*Consul, error) {
-	ports := []int{8500, 8300, 8301, 8302}
-	if ip == "127.0.0.1" {
-		var err error
-		if ports, err = freePorts(4); err != nil {
-			return nil, err
-		}
-	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	log, err := os.Create(filepath.Join(dir, "consul.log"))
+	// Free ports can be taken between our probe and Consul's bind (another
+	// test package starting its own Consul): if Consul exits, try new ones.
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		ports := []int{8500, 8300, 8301, 8302}
+		if ip == "127.0.0.1" {
+			var err error
+			if ports, err = freePorts(4); err != nil {
+				return nil, err
+			}
+		}
+		c, err := startConsul(ctx, bin, dir, ip, wrap, ports)
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+		if ip != "127.0.0.1" || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func startConsul(ctx context.Context, bin, dir, ip string, wrap []string, ports []int) (*Consul, error) {
+	log, err := os.OpenFile(filepath.Join(dir, "consul.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -56,19 +74,30 @@ func StartConsulOn(ctx context.Context, bin, dir, ip string, wrap []string) (*Co
 	argv := append(append([]string{}, wrap...), bin, "agent", "-dev", "-bind", ip, "-client", ip,
 		"-http-port", strconv.Itoa(ports[0]), "-server-port", strconv.Itoa(ports[1]),
 		"-serf-lan-port", strconv.Itoa(ports[2]), "-serf-wan-port", strconv.Itoa(ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn")
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("fleet: start consul %s: %w (run `make consul`)", bin, err)
 	}
-	c := &Consul{Addr: net.JoinHostPort(ip, strconv.Itoa(ports[0])), cmd: cmd, dir: dir}
-	if err := waitHTTP(ctx, "http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(b string) bool {
+	c := &Consul{Addr: net.JoinHostPort(ip, strconv.Itoa(ports[0])), cmd: cmd, dir: dir, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(c.exited) }()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.exited: // died early (port taken?): stop waiting
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	if err := waitHTTP(wctx, "http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(b string) bool {
 		return strings.Contains(b, ":")
 	}); err != nil {
 		c.Stop()
-		return nil, fmt.Errorf("fleet: consul did not elect a leader (log: %s): %w", log.Name(), err)
+		b, _ := os.ReadFile(log.Name())
+		return nil, fmt.Errorf("fleet: consul did not elect a leader: %w; its log ends:\n%s", err, tail(string(b), 1500))
 	}
 	return c, nil
 }
@@ -79,13 +108,11 @@ func (c *Consul) Stop() {
 		return
 	}
 	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-c.exited:
 	case <-time.After(5 * time.Second):
 		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+		<-c.exited
 	}
 }
 

@@ -33,7 +33,7 @@ HTTP_PORT=$(free_port)
 say "starting a real Consul dev agent on 127.0.0.1:$HTTP_PORT"
 "$BIN/consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$HTTP_PORT" \
   -server-port "$(free_port)" -serf-lan-port "$(free_port)" -serf-wan-port "$(free_port)" \
-  -dns-port -1 -grpc-port -1 -log-level warn >"$WORK/consul.log" 2>&1 &
+  -dns-port -1 -grpc-port -1 -grpc-tls-port -1 -log-level warn >"$WORK/consul.log" 2>&1 &
 PIDS+=($!)
 export CONSUL_HTTP_ADDR=127.0.0.1:$HTTP_PORT
 for _ in $(seq 100); do
