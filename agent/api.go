@@ -23,7 +23,8 @@ import (
 //	GET  /v1/members             the cluster as gossip sees it
 //	GET  /v1/fleet               every member's /v1/status, gathered through this agent
 //	POST /v1/publish             {"service","build","dir"}: pack, hash, publish, seed
-//	GET  /v1/archive/{s}/{b}     the archive, for the "origin" fetch method (bench baseline)
+//	GET  /v1/archive/{s}/{b}     the archive (Range honoured): origin slices, and the bench baseline
+//	POST /v1/archive/{s}/{b}/next  on the origin: the next piece to pull ({"piece":i}; 204 when all are out)
 //	GET  /metrics                Prometheus text format
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -55,6 +56,7 @@ func (a *Agent) routes() http.Handler {
 		writeJSON(w, http.StatusOK, m)
 	})
 	mux.Handle("GET /v1/archive/{service}/{build}", a.origin)
+	mux.HandleFunc("POST /v1/archive/{service}/{build}/next", a.origin.next)
 	mux.HandleFunc("GET /metrics", a.metrics)
 	if a.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -82,6 +82,21 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.a.swarm.AddServed(service, build, lw.n)
 }
 
+// next hands a fetching host the next piece of a build to pull from here
+// (see swarm/slice.go): 200 {"piece": i}, or 204 once all are handed out.
+func (o *originServer) next(w http.ResponseWriter, r *http.Request) {
+	i, ok, err := o.a.swarm.NextSlicePiece(r.PathValue("service"), r.PathValue("build"))
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: err.Error()})
+		return
+	}
+	if !ok {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"piece": i})
+}
+
 // limitedWriter paces a response through the host's upload limiter.
 type limitedWriter struct {
 	ctx context.Context

@@ -2,14 +2,13 @@ package swarm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"time"
 
-	"github.com/anacrolix/torrent"
 	"golang.org/x/time/rate"
 )
 
@@ -21,14 +20,18 @@ import (
 // fetching host asks for the same rare pieces first, so left alone the
 // origin sends much of the build several times.
 //
-// Instead, host k of the n fetching hosts (the alive members other than the
-// origin, sorted by name) pulls pieces i with i mod n = k — its slice —
-// over HTTP from the origin's agent API, writes them into the engine's
-// storage and has the engine verify them; it keeps the origin out of its
-// torrent peers, and takes every other piece from the other hosts. The
-// origin thus sends each piece about once. If the HTTP pull fails, or the
-// fetch then makes no progress for stallToOrigin (a slice owner died, or a
-// member does not fetch this build), the origin becomes a torrent peer again.
+// Instead the origin hands pieces out: a fetching host asks the origin's
+// agent API for the next piece nobody has been given (POST .../next), pulls
+// it over HTTP range requests, writes it into the engine's storage and has
+// the engine verify it (which announces it to peers), and asks again until
+// the origin has handed out every piece. It keeps the origin out of its
+// torrent peers meanwhile and takes every other piece from the other hosts.
+// The origin thus sends each piece once, faster hosts take more pieces, and
+// hosts that do not fetch the build take none. (A first version split the
+// pieces by each host's view of the membership; views that differ for a
+// moment left pieces to two hosts or to none.) If the HTTP pull fails, or
+// the fetch then makes no progress for stallToOrigin (a host died holding
+// pieces it was given), the origin becomes a torrent peer again.
 
 // stallToOrigin is how long a host avoiding the origin waits without progress
 // before it asks the origin again.
@@ -54,32 +57,38 @@ func (s *Swarm) planSlice(x *Transfer) {
 	}
 	url := s.originURL(x.m.Origin, x.m.Service, x.m.Build)
 	if url == "" {
-		return
+		return // origin unknown: plain torrent from whoever has pieces
 	}
-	var names []string
-	for _, m := range s.Members() {
-		if m.Name != x.m.Origin && m.State == "alive" {
-			names = append(names, m.Name)
-		}
-	}
-	k := sort.SearchStrings(names, s.cfg.Node)
-	n := len(names)
-	if n < 2 || k >= n || names[k] != s.cfg.Node {
-		return // alone with the origin: plain torrent from it
-	}
-	for i := k; i < x.t.NumPieces(); i += n {
-		if !x.t.PieceState(i).Complete {
-			x.slice = append(x.slice, i)
-			// Not from the engine while HTTP brings it.
-			x.t.Piece(i).SetPriority(torrent.PiecePriorityNone)
-		}
-	}
-	s.log.Info().Str("build", x.m.Build).Int("host", k).Int("hosts", n).Int("pieces", len(x.slice)).
-		Int("of", x.t.NumPieces()).Msg("pulling this host's slice from the origin over HTTP")
+	s.log.Info().Str("build", x.m.Build).Str("origin", x.m.Origin).Msg("pulling pieces the origin hands out over HTTP; the rest from peers")
 	x.avoidOrigin.Store(true)
 	x.closeOriginConns()
 	s.wg.Add(1)
 	go s.steer(x, url)
+}
+
+// ErrNotReady: the origin is still checking its own copy of the build.
+var ErrNotReady = errors.New("origin not ready to hand out pieces yet")
+
+// NextSlicePiece, on the origin, hands out the next piece of a build that no
+// host has been given yet; false once every piece has been handed out;
+// ErrNotReady while the origin's copy is not verified yet.
+func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
+	s.mu.RLock()
+	var x *Transfer
+	for _, t := range s.transfers {
+		if t.m.Service == service && t.m.Build == build {
+			x = t
+		}
+	}
+	s.mu.RUnlock()
+	if x == nil || !x.t.Complete().Bool() {
+		return 0, false, ErrNotReady
+	}
+	i := int(x.handedOut.Add(1) - 1)
+	if i >= x.t.NumPieces() {
+		return 0, false, nil
+	}
+	return i, true, nil
 }
 
 // steer pulls the slice, then watches for stalls until the fetch completes.
@@ -95,11 +104,6 @@ func (s *Swarm) steer(x *Transfer, url string) {
 		}
 	}()
 	fallback := func(why string, err error) {
-		for _, i := range x.slice {
-			if !x.t.PieceState(i).Complete {
-				x.t.Piece(i).SetPriority(torrent.PiecePriorityNormal)
-			}
-		}
 		x.avoidOrigin.Store(false)
 		s.log.Info().Err(err).Str("build", x.m.Build).Str("origin", x.m.Origin).Msg(why + "; fetching from the origin as a torrent peer too")
 		select {
@@ -158,18 +162,31 @@ func (s *Swarm) steer(x *Transfer, url string) {
 	}
 }
 
-// pullSlice fetches each slice piece with an HTTP range request, writes it
-// through the engine's storage and has the engine verify it.
+// pullSlice asks the origin for pieces until it has handed out all of them,
+// fetching each with HTTP range requests, writing it through the engine's
+// storage and having the engine verify it.
 func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 	pl := x.m.PieceLength
 	buf := make([]byte, pl)
-	for _, i := range x.slice {
-		if x.t.PieceState(i).Complete {
-			continue
+	for {
+		i, ok, err := s.askNext(ctx, url)
+		for wait := 0; errors.Is(err, ErrNotReady) && wait < 50; wait++ {
+			select { // the origin is still hashing its copy
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+			i, ok, err = s.askNext(ctx, url)
 		}
+		if err != nil {
+			return fmt.Errorf("asking the origin for a piece: %w", err)
+		}
+		if !ok {
+			return nil
+		}
+		x.slice = append(x.slice, i)
 		off := int64(i) * pl
 		n := min(pl, x.m.Size-off)
-		var err error
 		for attempt := 0; attempt < 3; attempt++ {
 			if err = s.getParallel(ctx, url, off, buf[:n]); err == nil || ctx.Err() != nil {
 				break
@@ -192,7 +209,35 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 		x.from[x.m.Origin] += n
 		x.mu.Unlock()
 	}
-	return nil
+}
+
+// askNext asks the origin which piece to pull next.
+func (s *Swarm) askNext(ctx context.Context, url string) (int, bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/next", nil)
+	if err != nil {
+		return 0, false, err
+	}
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return 0, false, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return 0, false, nil
+	case http.StatusServiceUnavailable:
+		return 0, false, ErrNotReady
+	case http.StatusOK:
+		var v struct {
+			Piece int `json:"piece"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			return 0, false, err
+		}
+		return v.Piece, true, nil
+	default:
+		return 0, false, fmt.Errorf("POST %s/next: %s", url, resp.Status)
+	}
 }
 
 // sliceStreams is how many HTTP connections fetch one slice piece at once.

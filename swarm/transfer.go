@@ -95,10 +95,12 @@ type Transfer struct {
 	mu   sync.Mutex       // guards from
 	from map[string]int64 // useful bytes received, by sending node
 
-	// slice is this host's share of the pieces, pulled from the origin over
-	// HTTP (see slice.go); avoidOrigin keeps the origin out of its torrent
-	// peers meanwhile, so the origin sends each piece once.
+	// slice lists the pieces this host pulled from the origin over HTTP
+	// (see slice.go); avoidOrigin keeps the origin out of its torrent peers
+	// meanwhile, so the origin sends each piece once. On the origin,
+	// handedOut counts the pieces it has handed out.
 	slice       []int
+	handedOut   atomic.Int64
 	avoidOrigin atomic.Bool
 	// served counts archive bytes this host sent outside the torrent engine
 	// (HTTP slices and origin-method copies), reported in Uploaded.
