@@ -22,17 +22,7 @@ import (
 
 var consulAddr string
 
-func TestMain(m *testing.M) {
-	c, stop, err := fleet.TestConsul()
-	if err != nil {
-		println(err.Error())
-		os.Exit(1)
-	}
-	consulAddr = c.Addr
-	code := m.Run()
-	stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fleet.RunWithConsul(m, &consulAddr)) }
 
 // Two agents in one process (so the race detector sees the state machine,
 // the watch, the API and the swarm together): publish on one, deploy, both

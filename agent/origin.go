@@ -127,26 +127,6 @@ func (lw *limitedWriter) Write(p []byte) (int, error) {
 	return done, nil
 }
 
-// limitedReader paces reads through a token bucket.
-type limitedReader struct {
-	ctx context.Context
-	r   io.Reader
-	l   *rate.Limiter
-}
-
-func (lr *limitedReader) Read(p []byte) (int, error) {
-	if lr.l != nil && len(p) > lr.l.Burst() {
-		p = p[:lr.l.Burst()]
-	}
-	n, err := lr.r.Read(p)
-	if n > 0 && lr.l != nil {
-		if werr := lr.l.WaitN(lr.ctx, n); werr != nil {
-			return n, werr
-		}
-	}
-	return n, err
-}
-
 // fetchFromOrigin pulls m's archive over HTTP from the origin's API into
 // the archive path, reporting progress through the service's status.
 func (s *service) fetchFromOrigin(ctx context.Context, m *core.Manifest) error {
@@ -188,13 +168,9 @@ func (s *service) fetchFromOrigin(ctx context.Context, m *core.Manifest) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	var limiter *rate.Limiter
-	if r := s.a.cfg.Swarm.DownloadRate; r > 0 {
-		limiter = rate.NewLimiter(rate.Limit(r), 256<<10)
-	}
 	var got int64
 	buf := make([]byte, 256<<10)
-	src := &limitedReader{ctx: ctx, r: resp.Body, l: limiter}
+	src := s.a.swarm.PaceDownload(ctx, resp.Body) // the host's cap, shared with the swarm
 	last := time.Now()
 	for {
 		n, rerr := src.Read(buf)

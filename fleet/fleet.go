@@ -410,21 +410,27 @@ func tail(s string, n int) string {
 	return s
 }
 
-// TestConsul starts a Consul dev agent for a package's tests: the binary is
-// $SHOAL_CONSUL_BIN or ../bin/consul (built by `make consul`). stop ends it
-// and removes its directory.
-func TestConsul() (c *Consul, stop func(), err error) {
+// RunWithConsul is a TestMain body for packages whose tests need a real
+// Consul: it starts a dev agent (binary $SHOAL_CONSUL_BIN or ../bin/consul,
+// built by `make consul`), stores its HTTP address in *addr, runs the tests
+// and stops it. It returns the exit code for os.Exit.
+func RunWithConsul(m interface{ Run() int }, addr *string) int {
 	bin, _ := filepath.Abs("../bin/consul")
 	if v := os.Getenv("SHOAL_CONSUL_BIN"); v != "" {
 		bin = v
 	}
 	dir, err := os.MkdirTemp("", "shoal-test-consul-")
 	if err != nil {
-		return nil, nil, err
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
-	if c, err = StartConsul(context.Background(), bin, dir); err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, fmt.Errorf("these tests need a real Consul at %s (run `make consul`): %w", bin, err)
+	defer os.RemoveAll(dir)
+	c, err := StartConsul(context.Background(), bin, dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "these tests need a real Consul at %s (run `make consul`): %v\n", bin, err)
+		return 1
 	}
-	return c, func() { c.Stop(); os.RemoveAll(dir) }, nil
+	defer c.Stop()
+	*addr = c.Addr
+	return m.Run()
 }

@@ -18,17 +18,7 @@ import (
 
 var consulAddr string
 
-func TestMain(m *testing.M) {
-	c, stop, err := fleet.TestConsul()
-	if err != nil {
-		println(err.Error())
-		os.Exit(1)
-	}
-	consulAddr = c.Addr
-	code := m.Run()
-	stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fleet.RunWithConsul(m, &consulAddr)) }
 
 func client(t *testing.T) *Client {
 	t.Helper()

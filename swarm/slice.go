@@ -284,25 +284,8 @@ func (s *Swarm) getRange(ctx context.Context, url string, off int64, dst []byte)
 	if resp.StatusCode != http.StatusPartialContent {
 		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	got := 0
-	for got < len(dst) {
-		end := len(dst)
-		if s.down != nil {
-			end = min(end, got+s.down.Burst())
-		}
-		n, err := resp.Body.Read(dst[got:end])
-		if n > 0 && s.down != nil {
-			if err := s.down.WaitN(ctx, n); err != nil {
-				return err
-			}
-		}
-		got += n
-		if err != nil {
-			if errors.Is(err, io.EOF) && got == len(dst) {
-				break
-			}
-			return fmt.Errorf("GET %s: short read at %d of %d: %w", url, got, len(dst), err)
-		}
+	if got, err := io.ReadFull(s.PaceDownload(ctx, resp.Body), dst); err != nil {
+		return fmt.Errorf("GET %s: short read at %d of %d: %w", url, got, len(dst), err)
 	}
 	return nil
 }
