@@ -196,6 +196,11 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 		if err != nil {
 			return fmt.Errorf("piece %d: %w", i, err)
 		}
+		// Count the bytes as received now: once verified, the piece may be
+		// the last one, and the fetch's final progress is read at that moment.
+		x.mu.Lock()
+		x.from[x.m.Origin] += n
+		x.mu.Unlock()
 		if _, err := x.t.Piece(i).Storage().WriteAt(buf[:n], 0); err != nil {
 			return fmt.Errorf("piece %d: write: %w", i, err)
 		}
@@ -205,9 +210,6 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 		if !x.waitPieceComplete(ctx, i) {
 			return fmt.Errorf("piece %d from the origin failed its hash check (state %+v)", i, x.t.PieceState(i))
 		}
-		x.mu.Lock()
-		x.from[x.m.Origin] += n
-		x.mu.Unlock()
 	}
 }
 
