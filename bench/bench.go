@@ -26,6 +26,7 @@ import (
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/fleet"
 	"github.com/shoal-deploy/shoal/signal"
+	"github.com/shoal-deploy/shoal/swarm"
 )
 
 // Config is one bench invocation.
@@ -51,6 +52,8 @@ type Config struct {
 	Timeout time.Duration
 	// Progress receives a progress line now and then; may be nil.
 	Progress io.Writer
+	// Keep leaves the work directory (agent logs and data dirs) in place.
+	Keep bool
 }
 
 // Validate checks the config.
@@ -118,6 +121,20 @@ type Result struct {
 	Ratio  float64 `json:"ratio"`
 	Failed int     `json:"failed"`
 	Error  string  `json:"error,omitempty"`
+	// Timeline samples the run about twice a second, to see where time goes.
+	Timeline []Sample `json:"timeline,omitempty"`
+}
+
+// Sample is the fleet at one moment of a run: seconds since the Consul
+// write, bytes the origin has sent, verified bytes on each fetching host.
+type Sample struct {
+	T        float64 `json:"t"`
+	Origin   int64   `json:"origin"`
+	Verified []int64 `json:"verified"`
+	// FromPeers is each host's bytes from hosts other than the origin;
+	// Peers how many peers it is connected to.
+	FromPeers []int64 `json:"from_peers"`
+	Peers     []int   `json:"peers"`
 }
 
 // Run sweeps methods × N × runs and returns every result. Partial results
@@ -136,7 +153,11 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	if cfg.Keep {
+		cfg.progress("keeping agent logs and data in %s", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 	payload := filepath.Join(work, "payload.bin")
 	if err := randomFile(payload, cfg.Size); err != nil {
 		return nil, err
@@ -180,10 +201,14 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 	if method == "origin" {
 		fetch = agent.FetchOrigin
 	}
+	level := "warn"
+	if cfg.Keep {
+		level = "info" // kept for a post-mortem: say what happened
+	}
 	opts := fleet.Options{ShoalBin: cfg.ShoalBin, ConsulBin: cfg.ConsulBin, N: n + 1, Net: "127.0.60", Gossip: "lan",
 		Dir: filepath.Join(work, fmt.Sprintf("%s-%d", method, n)),
 		Args: func(int) []string {
-			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", "warn", "--keep", "2", "--pprof"}
+			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", level, "--keep", "2", "--pprof"}
 			if cfg.Net == "loopback" {
 				if cfg.Up > 0 {
 					a = append(a, "--upload-rate", strconv.FormatInt(cfg.Up, 10))
@@ -293,6 +318,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	for {
 		hosts, err = fleetStatus(ctx, f)
 		if err == nil {
+			res.Timeline = append(res.Timeline, sample(hosts, build, time.Since(t0)))
 			verified, active, failed := 0, 0, 0
 			for _, h := range hosts {
 				if h.Status == nil {
@@ -388,6 +414,31 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 		res.Ratio = res.Verified.Max / res.Bound
 	}
 	return res, nil
+}
+
+func sample(hosts []agent.FleetHost, build string, at time.Duration) Sample {
+	sm := Sample{T: at.Seconds(), Verified: make([]int64, 0, len(hosts))}
+	for i, h := range hosts {
+		if h.Status == nil {
+			continue
+		}
+		if i == 0 {
+			for _, sd := range h.Status.Seeds {
+				if sd.Build == build {
+					sm.Origin = sd.Uploaded
+				}
+			}
+			continue
+		}
+		var p swarm.Progress
+		if s := serviceOf(h); s != nil && s.Fetch != nil && s.Fetch.Build == build {
+			p = s.Fetch.Progress
+		}
+		sm.Verified = append(sm.Verified, p.Have)
+		sm.FromPeers = append(sm.FromPeers, p.FromPeers)
+		sm.Peers = append(sm.Peers, len(p.Peers))
+	}
+	return sm
 }
 
 func serviceOf(h agent.FleetHost) *agent.ServiceStatus {

@@ -34,6 +34,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	shoalBin := fs.String("shoal-bin", "", "shoal binary for the agents (default: this one)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for one run")
 	cleanup := fs.Bool("cleanup", false, "only remove namespaces a killed bench left behind, then exit")
+	keep := fs.Bool("keep", false, "keep the work directory (agent logs and data dirs) for a post-mortem")
 	report := fs.Bool("report", false, "run nothing: print the table and redraw the plots from --out/results.jsonl")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -60,7 +61,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		methods = listFlag{"p2p", "origin"}
 	}
 	cfg := bench.Config{Size: int64(size), Up: int64(up), Down: int64(down), Runs: *runs, Out: *out,
-		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr}
+		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr, Keep: *keep}
 	for _, h := range hosts {
 		n, err := strconv.Atoi(h)
 		if err != nil {

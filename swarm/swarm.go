@@ -109,6 +109,19 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.NoDHT, tc.DisableTrackers, tc.DisablePEX, tc.NoDefaultPortForwarding = true, true, true, true
 	tc.DisableUTP, tc.DisableIPv6, tc.DisableWebtorrent, tc.DisableWebseeds = true, true, true, true
 	tc.Seed = true
+	// The engine considers pieces for requests in order (rarest first) and
+	// stops once the pieces considered add up to MaxUnverifiedBytes (64 MiB
+	// by default). Early in a deploy the rarest pieces are the ones no peer
+	// has yet, so with a build larger than that window a host asked its
+	// peers for nothing until the origin had sent the window's worth: peers
+	// sat idle for the first 40 % of a 100 MB deploy. No limit: storage is
+	// on disk and every piece is verified as it completes anyway.
+	tc.MaxUnverifiedBytes = 0
+	// Every fetching host dials every other, so most pairs end up with a
+	// connection each way: twice the bookkeeping, and the engine moving
+	// requests between the two duplicates chunks. Keep one (both sides
+	// agree which, by peer ID).
+	tc.DropDuplicatePeerIds = true
 	pid := PeerIDFor(cfg.Node)
 	tc.PeerID = string(pid[:])
 	tc.HeaderObfuscationPolicy = torrent.HeaderObfuscationPolicy{} // plaintext: a private fleet, CPU matters
