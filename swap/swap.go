@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -106,17 +107,8 @@ func (s *Store) Installed() []string {
 	return out
 }
 
-// Verify checks the archive's SHA-256 against want (hex).
-func Verify(archive, want string) error {
-	f, err := os.Open(archive)
-	if err != nil {
-		return fmt.Errorf("swap: verify: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("swap: verify %s: %w", archive, err)
-	}
+// checkSum compares the archive's SHA-256 (in h) with want (hex).
+func checkSum(archive string, h hash.Hash, want string) error {
 	got := hex.EncodeToString(h.Sum(nil))
 	if !strings.EqualFold(got, want) {
 		return fmt.Errorf("swap: %w: %s has sha256 %s, manifest says %s; the build was not published from this archive — republish it", ErrVerifyFailed, filepath.Base(archive), got, want)
@@ -124,19 +116,15 @@ func Verify(archive, want string) error {
 	return nil
 }
 
-// Install verifies archive against sha256hex, unpacks it into a cold
-// directory and renames it into releases/<build>. On any error the cold
-// directory is removed and nothing else changes. Installing an already
-// installed build is a no-op.
+// Install unpacks archive into a cold directory while checking its SHA-256
+// against sha256hex (one read of the archive, not two), and only if the
+// sum matches renames it into releases/<build>. On any error the cold
+// directory is removed and nothing else changes: an archive that fails
+// verification never leaves cold/. Installing an already installed build
+// is a no-op.
 func (s *Store) Install(ctx context.Context, build, archive, sha256hex string) error {
 	if s.Has(build) {
 		return nil
-	}
-	if err := Verify(archive, sha256hex); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
 	}
 	cold := filepath.Join(s.root, "cold")
 	if err := os.MkdirAll(cold, 0o755); err != nil {
@@ -156,10 +144,23 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string) e
 	if err != nil {
 		return fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	err = Unpack(f, tmp)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("swap: install %s: %w", build, err)
+	defer f.Close()
+	h := sha256.New()
+	unpackErr := Unpack(io.TeeReader(f, h), tmp)
+	// Hash what the tar reader did not read (its end padding, or all of
+	// the rest after a parse error), so a corrupt archive is reported as
+	// failing verification rather than as a puzzling unpack error.
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("swap: install %s: verify %s: %w", build, archive, err)
+	}
+	if err := checkSum(archive, h, sha256hex); err != nil {
+		return err
+	}
+	if unpackErr != nil {
+		return fmt.Errorf("swap: install %s: %w", build, unpackErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return fmt.Errorf("swap: install %s: %w", build, err)

@@ -141,6 +141,37 @@ func TestInstallVerifyFailureLeavesNothing(t *testing.T) {
 	}
 }
 
+// A damaged archive (bytes flipped in transit or on disk) is reported as a
+// verification failure, even though unpacking it also fails, and leaves
+// nothing behind.
+func TestInstallCorruptArchiveFailsVerification(t *testing.T) {
+	s, root := newStore(t)
+	src := t.TempDir()
+	mkTree(t, src, "v1")
+	arch := filepath.Join(t.TempDir(), "v1.tar")
+	sum := packFile(t, src, arch)
+	b, err := os.ReadFile(arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 512; i++ { // the first tar header
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(arch, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Install(context.Background(), "v1", arch, sum)
+	if !errors.Is(err, ErrVerifyFailed) {
+		t.Fatalf("got %v, want ErrVerifyFailed", err)
+	}
+	if s.Has("v1") {
+		t.Error("corrupt build was installed")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "cold")); len(ents) != 0 {
+		t.Errorf("cold dir not cleaned: %v", ents)
+	}
+}
+
 // recorder returns hooks that append "<phase> <build> <current target>" to a log.
 func recorder(t *testing.T) (Hooks, string) {
 	log := filepath.Join(t.TempDir(), "hooks.log")

@@ -242,18 +242,22 @@ func (s *Swarm) askNext(ctx context.Context, url string) (int, bool, error) {
 	}
 }
 
-// sliceStreams is how many HTTP connections fetch one slice piece at once.
+// SliceHeader marks an origin-slice range request, which the origin queues
+// (see agent/origin.go) where a whole-archive pull is not.
+const SliceHeader = "X-Shoal-Slice"
+
+// SliceStreams is how many HTTP connections fetch one slice piece at once.
 // A host's download link also carries its peer connections; TCP shares a
 // link per connection, so a single slice stream got ~1/9 of it at N = 5
 // and the origin's upload sat half idle. Several streams for the same
 // piece win the slice a fair share while the piece still completes (and
 // can be forwarded) as early as possible.
-const sliceStreams = 4
+const SliceStreams = 4
 
-// getParallel fills dst from [off, off+len(dst)) with up to sliceStreams
+// getParallel fills dst from [off, off+len(dst)) with up to SliceStreams
 // concurrent range requests.
 func (s *Swarm) getParallel(ctx context.Context, url string, off int64, dst []byte) error {
-	parts := sliceStreams
+	parts := SliceStreams
 	if len(dst) < parts*(64<<10) {
 		parts = 1
 	}
@@ -278,6 +282,7 @@ func (s *Swarm) getRange(ctx context.Context, url string, off int64, dst []byte)
 		return err
 	}
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1))
+	req.Header.Set(SliceHeader, "1")
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return err
