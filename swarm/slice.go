@@ -165,7 +165,28 @@ func (s *Swarm) steer(x *Transfer, url string) {
 // pullSlice asks the origin for pieces until it has handed out all of them,
 // fetching each with HTTP range requests, writing it through the engine's
 // storage and having the engine verify it.
+//
+// sliceWorkers pulls run at once, so that while one piece is being written
+// and hashed the next is already on the wire and the origin's upload never
+// waits for a host's disk or CPU (the origin queues the extra requests).
 func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
+	errs := make(chan error, sliceWorkers)
+	for w := 0; w < sliceWorkers; w++ {
+		go func() { errs <- s.pullSlicePieces(ctx, x, url) }()
+	}
+	var first error
+	for w := 0; w < sliceWorkers; w++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// sliceWorkers is how many pieces a host pulls from the origin at once.
+const sliceWorkers = 2
+
+func (s *Swarm) pullSlicePieces(ctx context.Context, x *Transfer, url string) error {
 	pl := x.m.PieceLength
 	buf := make([]byte, pl)
 	for {
@@ -184,7 +205,9 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
 		if !ok {
 			return nil
 		}
+		x.mu.Lock()
 		x.slice = append(x.slice, i)
+		x.mu.Unlock()
 		off := int64(i) * pl
 		n := min(pl, x.m.Size-off)
 		for attempt := 0; attempt < 3; attempt++ {
