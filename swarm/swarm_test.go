@@ -19,7 +19,7 @@ import (
 
 func TestPieceLength(t *testing.T) {
 	for _, tc := range []struct{ size, want int64 }{
-		{1, 256 << 10}, {31 << 20, 256 << 10}, {64 << 20, 1 << 20}, {300 << 20, 2 << 20}, {5 << 30, 4 << 20},
+		{1, 256 << 10}, {31 << 20, 256 << 10}, {64 << 20, 512 << 10}, {300 << 20, 2 << 20}, {5 << 30, 4 << 20},
 	} {
 		if got := PieceLength(tc.size); got != tc.want {
 			t.Errorf("PieceLength(%d) = %d, want %d", tc.size, got, tc.want)

@@ -30,15 +30,19 @@ func (s *Swarm) ArchivePath(service, build string) string {
 	return filepath.Join(s.cfg.DataDir, "archives", ArchiveName(service, build))
 }
 
-// PieceLength picks a piece size for an archive of size bytes: small
-// pieces spread a small build across many peers quickly, large pieces
-// keep hashing and bookkeeping cheap for big builds.
+// PieceLength picks a piece size for an archive of size bytes. A host
+// forwards a piece only once it has all of it, so small pieces spread
+// sooner; but every piece costs a HAVE to each peer and a request update
+// on each of them, which is what a busy host's CPU goes on. Measured with
+// a 100 MB build on the bench (docs/BENCHMARKS.md): 256 KiB pieces took
+// 12.1-12.4 s at N = 5 but 25 s at N = 20; 1 MiB 12.7-12.9 s and 18 s;
+// 512 KiB 12.3-12.8 s and 18.7-23 s.
 func PieceLength(size int64) int64 {
 	switch {
 	case size < 32<<20:
 		return 256 << 10
 	case size < 256<<20:
-		return 1 << 20
+		return 512 << 10
 	case size < 2<<30:
 		return 2 << 20
 	default:
