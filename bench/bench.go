@@ -347,7 +347,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 			}
 		}
 		if time.Now().After(deadline) {
-			res.Error = fmt.Sprintf("timed out after %s", cfg.Timeout)
+			res.Error = fmt.Sprintf("timed out after %s; not done: %s", cfg.Timeout, notDone(hosts, build))
 			return res, fmt.Errorf("bench: %s N=%d run %d: %s", method, n, run, res.Error)
 		}
 		select {
@@ -414,6 +414,32 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 		res.Ratio = res.Verified.Max / res.Bound
 	}
 	return res, nil
+}
+
+// notDone describes the hosts that have not finished build, for a run
+// that timed out: state, progress, peers and the last error.
+func notDone(hosts []agent.FleetHost, build string) string {
+	var out []string
+	for _, h := range hosts {
+		s := serviceOf(h)
+		switch {
+		case h.Status == nil:
+			out = append(out, fmt.Sprintf("%s (no status: %s)", h.Member.Name, h.Error))
+		case s == nil:
+			out = append(out, h.Member.Name+" (service not configured)")
+		case s.Current == build && s.State == core.StateActive, s.State == core.StateFailed:
+		default:
+			d := fmt.Sprintf("%s %s", h.Member.Name, s.State)
+			if f := s.Fetch; f != nil && f.Build == build {
+				d += fmt.Sprintf(" %d/%d bytes verified, %d peers", f.Have, f.Total, len(f.Peers))
+			}
+			if s.LastError != "" {
+				d += ", last error: " + s.LastError
+			}
+			out = append(out, d)
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 func sample(hosts []agent.FleetHost, build string, at time.Duration) Sample {
