@@ -18,11 +18,18 @@ import (
 )
 
 func TestPieceLength(t *testing.T) {
-	for _, tc := range []struct{ size, want int64 }{
-		{1, 256 << 10}, {31 << 20, 256 << 10}, {64 << 20, 512 << 10}, {300 << 20, 2 << 20}, {5 << 30, 4 << 20},
+	for _, tc := range []struct {
+		size  int64
+		hosts int
+		want  int64
+	}{
+		{1, 1, 256 << 10}, {31 << 20, 5, 256 << 10}, {64 << 20, 16, 512 << 10}, {300 << 20, 6, 2 << 20}, {5 << 30, 2, 4 << 20},
+		// more than 16 hosts: twice the size, never above 4 MiB
+		{64 << 20, 17, 1 << 20}, {64 << 20, 41, 1 << 20}, {64 << 20, 1000, 1 << 20},
+		{300 << 20, 17, 4 << 20}, {5 << 30, 1000, 4 << 20},
 	} {
-		if got := PieceLength(tc.size); got != tc.want {
-			t.Errorf("PieceLength(%d) = %d, want %d", tc.size, got, tc.want)
+		if got := PieceLength(tc.size, tc.hosts); got != tc.want {
+			t.Errorf("PieceLength(%d, %d hosts) = %d, want %d", tc.size, tc.hosts, got, tc.want)
 		}
 	}
 }

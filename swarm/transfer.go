@@ -30,24 +30,33 @@ func (s *Swarm) ArchivePath(service, build string) string {
 	return filepath.Join(s.cfg.DataDir, "archives", ArchiveName(service, build))
 }
 
-// PieceLength picks a piece size for an archive of size bytes. A host
-// forwards a piece only once it has all of it, so small pieces spread
-// sooner; but every piece costs a HAVE to each peer and a request update
-// on each of them, which is what a busy host's CPU goes on. Measured with
-// a 100 MB build on the bench (docs/BENCHMARKS.md): 256 KiB pieces took
-// 12.1-12.4 s at N = 5 but 25 s at N = 20; 1 MiB 12.7-12.9 s and 18 s;
-// 512 KiB 12.3-12.8 s and 18.7-23 s.
-func PieceLength(size int64) int64 {
+// PieceLength picks a piece size for an archive of size bytes shared by a
+// fleet of hosts. A host forwards a piece only once it has all of it, so
+// small pieces spread sooner; but every piece costs a HAVE to each peer
+// and a request update on each of them, so a host's engine work grows
+// with pieces × peers. Fleets of more than 16 hosts get pieces twice the
+// size table's. Measured with a 100 MB build on the bench
+// (docs/BENCHMARKS.md): at N = 5, 512 KiB pieces took 12.1-12.8 s and
+// 1 MiB 12.7-13.0 s; at N = 20, 1 MiB 17.6-18.2 s and 512 KiB 19-29 s; at
+// N = 40, 2 MiB was no faster than 1 MiB (58 s against 55-57 s) and left
+// hosts long enough without a complete piece that they fell back to the
+// origin (it sent 1.9 × S), so the doubling happens once.
+func PieceLength(size int64, hosts int) int64 {
+	var pl int64
 	switch {
 	case size < 32<<20:
-		return 256 << 10
+		pl = 256 << 10
 	case size < 256<<20:
-		return 512 << 10
+		pl = 512 << 10
 	case size < 2<<30:
-		return 2 << 20
+		pl = 2 << 20
 	default:
-		return 4 << 20
+		pl = 4 << 20
 	}
+	if hosts > 16 && pl < 4<<20 {
+		pl *= 2
+	}
+	return pl
 }
 
 // ChunkSize is how much this host asks a peer for in one request. The
@@ -76,7 +85,7 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	if n == 0 {
 		return fmt.Errorf("swarm: describe %s: archive is empty", path)
 	}
-	info := metainfo.Info{PieceLength: PieceLength(n)}
+	info := metainfo.Info{PieceLength: PieceLength(n, s.ml.NumMembers())}
 	if err := info.BuildFromFilePath(path); err != nil {
 		return fmt.Errorf("swarm: piece hashes of %s: %w", path, err)
 	}
