@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -301,6 +302,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	if err := os.WriteFile(filepath.Join(src, "BUILD"), []byte(build+"\n"), 0o644); err != nil {
 		return res, err
 	}
+	quiesce()
 	origin := f.Agents[0]
 	var m core.Manifest
 	if err := api(origin.API).Do(ctx, "POST", "/v1/publish", agent.PublishRequest{Service: service, Build: build, Dir: src}, &m); err != nil {
@@ -414,6 +416,19 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 		res.Ratio = res.Verified.Max / res.Bound
 	}
 	return res, nil
+}
+
+// quiesce lets the machine settle before a run: every host of the last run
+// wrote its archive and release to this one disk (8 GB at N = 40), and
+// runs that started while the kernel was still writing that back were
+// slower and had second-long signal latencies (ext4's journal stalls
+// metadata updates meanwhile). Flushing it, and as root dropping the clean
+// page cache, starts each run from the same state.
+func quiesce() {
+	syscall.Sync()
+	if os.Geteuid() == 0 {
+		_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0o644)
+	}
 }
 
 // notDone describes the hosts that have not finished build, for a run
