@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/shoal-deploy/shoal/core"
 )
 
 // Origin slices.
@@ -51,16 +53,24 @@ func (s *Swarm) SetOriginURL(f OriginURL) { s.originURL = f }
 // build data on this host to share.
 func (s *Swarm) UploadLimiter() *rate.Limiter { return s.up }
 
-func (s *Swarm) planSlice(x *Transfer) {
-	if x.m.Origin == s.cfg.Node || x.t.Complete().Bool() || s.originURL == nil {
+// sliceURL is where this host would pull a build's slice from ("" if it
+// pulls none: it is the origin, or the origin is unknown).
+func (s *Swarm) sliceURL(m *core.Manifest) string {
+	if m.Origin == s.cfg.Node || s.originURL == nil {
+		return ""
+	}
+	return s.originURL(m.Origin, m.Service, m.Build)
+}
+
+// planSlice starts pulling x's slice from url. x was created avoiding the
+// origin already, so the engine never fetched from it in between: chunks
+// it had started on would be fetched again over HTTP.
+func (s *Swarm) planSlice(x *Transfer, url string) {
+	if url == "" || x.t.Complete().Bool() {
+		x.avoidOrigin.Store(false)
 		return
 	}
-	url := s.originURL(x.m.Origin, x.m.Service, x.m.Build)
-	if url == "" {
-		return // origin unknown: plain torrent from whoever has pieces
-	}
 	s.log.Info().Str("build", x.m.Build).Str("origin", x.m.Origin).Msg("pulling pieces the origin hands out over HTTP; the rest from peers")
-	x.avoidOrigin.Store(true)
 	x.closeOriginConns()
 	s.wg.Add(1)
 	go s.steer(x, url)

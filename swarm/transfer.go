@@ -169,12 +169,14 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("swarm: add %s/%s: %w", m.Service, m.Build, err)
 	}
+	url := s.sliceURL(m) // outside s.mu: it asks the agent, which asks memberlist
 	s.mu.Lock()
 	if x, ok := s.transfers[t]; ok {
 		s.mu.Unlock()
 		return x, nil
 	}
 	x := &Transfer{s: s, t: t, m: m, path: s.ArchivePath(m.Service, m.Build), started: time.Now(), from: map[string]int64{}}
+	x.avoidOrigin.Store(url != "") // before the engine can be offered the origin as a peer
 	s.transfers[t] = x
 	s.mu.Unlock()
 	select {
@@ -184,7 +186,7 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	}
 	x.initial = x.verified()
 	t.DownloadAll()
-	s.planSlice(x)
+	s.planSlice(x, url)
 	s.refreshPeers()
 	return x, nil
 }
