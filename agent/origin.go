@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 
 	"github.com/shoal-deploy/shoal/core"
@@ -32,23 +31,10 @@ type originServer struct {
 	a       *Agent
 	limiter *rate.Limiter // nil: unlimited
 	served  atomic.Int64
-	// slices admits origin-slice range requests a few at a time, in
-	// arrival order (see sliceSlots).
-	slices *semaphore.Weighted
 }
 
-// sliceSlots is how many origin-slice range requests the origin serves at
-// once: two pieces' worth of parallel ranges. A piece is only forwarded
-// once it is complete, so serving every fetching host at once (40 hosts
-// each getting 1/40 of the upload) made every host wait seconds for its
-// first piece while the swarm had nothing to trade; served a couple at a
-// time, each piece arrives in a fraction of that and spreads at once.
-// The queue is bounded: the origin hands out each piece once, so at most
-// one build's worth of requests ever waits.
-const sliceSlots = 2 * swarm.SliceStreams
-
 func newOriginServer(a *Agent) *originServer {
-	return &originServer{a: a, limiter: a.swarm.UploadLimiter(), slices: semaphore.NewWeighted(sliceSlots)}
+	return &originServer{a: a, limiter: a.swarm.UploadLimiter()}
 }
 
 // originURL tells the swarm where a build's archive can be pulled from its
@@ -89,12 +75,6 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
-	}
-	if r.Header.Get(swarm.SliceHeader) != "" {
-		if err := o.slices.Acquire(r.Context(), 1); err != nil {
-			return // the client went away while queued
-		}
-		defer o.slices.Release(1)
 	}
 	lw := &limitedWriter{ctx: r.Context(), w: w, l: o.limiter}
 	http.ServeContent(lw, r, "", fi.ModTime(), f) // honours Range

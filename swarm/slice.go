@@ -32,8 +32,9 @@ import (
 // hosts that do not fetch the build take none. (A first version split the
 // pieces by each host's view of the membership; views that differ for a
 // moment left pieces to two hosts or to none.) If the HTTP pull fails, or
-// the fetch then makes no progress for stallToOrigin (a host died holding
-// pieces it was given), the origin becomes a torrent peer again.
+// the fetch then receives nothing for max(stallToOrigin, twice the slowest
+// slice piece) (a host died holding pieces it was given), the origin
+// becomes a torrent peer again.
 
 // stallToOrigin is how long a host avoiding the origin waits without progress
 // before it asks the origin again.
@@ -138,7 +139,8 @@ func (s *Swarm) steer(x *Transfer, url string) {
 			}
 		}
 	}()
-	if err := s.pullSlice(ctx, x, url); err != nil {
+	slowest, err := s.pullSlice(ctx, x, url)
+	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
@@ -147,7 +149,12 @@ func (s *Swarm) steer(x *Transfer, url string) {
 	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	last, lastGain := x.verified(), time.Now()
+	// Progress is any useful byte received, not just a completed piece: on
+	// slow links a piece that every host wants from the one host that has
+	// it takes longer than the stall limit to complete while its bytes
+	// keep arriving, and falling back then only loads the origin.
+	progress := func() int64 { return x.verified() + x.receivedBytes() }
+	last, lastGain := progress(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -159,11 +166,15 @@ func (s *Swarm) steer(x *Transfer, url string) {
 		// A host with an empty slice (more hosts than pieces) has nothing
 		// until the slice owners finish theirs, which at a low origin rate
 		// takes a while: give it longer before calling it a stall.
-		limit := stallToOrigin
-		if last == 0 {
-			limit = stallNothingYet
+		// Nor is it a stall while the other hosts may still be pulling
+		// pieces that took the origin as long as ours did: when many
+		// hosts share a slow origin a slice piece takes N·piece/u, and
+		// until those land there may be nothing new to trade.
+		limit := max(stallToOrigin, 2*slowest)
+		if x.verified() == 0 {
+			limit = max(limit, stallNothingYet)
 		}
-		if have := x.verified(); have > last {
+		if have := progress(); have > last {
 			last, lastGain = have, time.Now()
 		} else if time.Since(lastGain) > limit {
 			fallback(fmt.Sprintf("no progress from peers for %s", limit), nil)
@@ -174,29 +185,9 @@ func (s *Swarm) steer(x *Transfer, url string) {
 
 // pullSlice asks the origin for pieces until it has handed out all of them,
 // fetching each with HTTP range requests, writing it through the engine's
-// storage and having the engine verify it.
-//
-// sliceWorkers pulls run at once, so that while one piece is being written
-// and hashed the next is already on the wire and the origin's upload never
-// waits for a host's disk or CPU (the origin queues the extra requests).
-func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) error {
-	errs := make(chan error, sliceWorkers)
-	for w := 0; w < sliceWorkers; w++ {
-		go func() { errs <- s.pullSlicePieces(ctx, x, url) }()
-	}
-	var first error
-	for w := 0; w < sliceWorkers; w++ {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// sliceWorkers is how many pieces a host pulls from the origin at once.
-const sliceWorkers = 2
-
-func (s *Swarm) pullSlicePieces(ctx context.Context, x *Transfer, url string) error {
+// storage and having the engine verify it. It returns how long the slowest
+// piece took to arrive.
+func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest time.Duration, err error) {
 	pl := x.m.PieceLength
 	buf := make([]byte, pl)
 	for {
@@ -204,22 +195,23 @@ func (s *Swarm) pullSlicePieces(ctx context.Context, x *Transfer, url string) er
 		for wait := 0; errors.Is(err, ErrNotReady) && wait < 50; wait++ {
 			select { // the origin is still hashing its copy
 			case <-ctx.Done():
-				return ctx.Err()
+				return slowest, ctx.Err()
 			case <-time.After(200 * time.Millisecond):
 			}
 			i, ok, err = s.askNext(ctx, url)
 		}
 		if err != nil {
-			return fmt.Errorf("asking the origin for a piece: %w", err)
+			return slowest, fmt.Errorf("asking the origin for a piece: %w", err)
 		}
 		if !ok {
-			return nil
+			return slowest, nil
 		}
 		x.mu.Lock()
 		x.slice = append(x.slice, i)
 		x.mu.Unlock()
 		off := int64(i) * pl
 		n := min(pl, x.m.Size-off)
+		began := time.Now()
 		for attempt := 0; attempt < 3; attempt++ {
 			if err = s.getParallel(ctx, url, off, buf[:n]); err == nil || ctx.Err() != nil {
 				break
@@ -227,21 +219,22 @@ func (s *Swarm) pullSlicePieces(ctx context.Context, x *Transfer, url string) er
 			time.Sleep(time.Duration(attempt+1) * 300 * time.Millisecond)
 		}
 		if err != nil {
-			return fmt.Errorf("piece %d: %w", i, err)
+			return slowest, fmt.Errorf("piece %d: %w", i, err)
 		}
+		slowest = max(slowest, time.Since(began))
 		// Count the bytes as received now: once verified, the piece may be
 		// the last one, and the fetch's final progress is read at that moment.
 		x.mu.Lock()
 		x.from[x.m.Origin] += n
 		x.mu.Unlock()
 		if _, err := x.t.Piece(i).Storage().WriteAt(buf[:n], 0); err != nil {
-			return fmt.Errorf("piece %d: write: %w", i, err)
+			return slowest, fmt.Errorf("piece %d: write: %w", i, err)
 		}
 		if err := x.t.Piece(i).VerifyDataContext(ctx); err != nil {
-			return fmt.Errorf("piece %d: verify: %w", i, err)
+			return slowest, fmt.Errorf("piece %d: verify: %w", i, err)
 		}
 		if !x.waitPieceComplete(ctx, i) {
-			return fmt.Errorf("piece %d from the origin failed its hash check (state %+v)", i, x.t.PieceState(i))
+			return slowest, fmt.Errorf("piece %d from the origin failed its hash check (state %+v)", i, x.t.PieceState(i))
 		}
 	}
 }
@@ -275,22 +268,18 @@ func (s *Swarm) askNext(ctx context.Context, url string) (int, bool, error) {
 	}
 }
 
-// SliceHeader marks an origin-slice range request, which the origin queues
-// (see agent/origin.go) where a whole-archive pull is not.
-const SliceHeader = "X-Shoal-Slice"
-
-// SliceStreams is how many HTTP connections fetch one slice piece at once.
+// sliceStreams is how many HTTP connections fetch one slice piece at once.
 // A host's download link also carries its peer connections; TCP shares a
 // link per connection, so a single slice stream got ~1/9 of it at N = 5
 // and the origin's upload sat half idle. Several streams for the same
 // piece win the slice a fair share while the piece still completes (and
 // can be forwarded) as early as possible.
-const SliceStreams = 4
+const sliceStreams = 4
 
-// getParallel fills dst from [off, off+len(dst)) with up to SliceStreams
+// getParallel fills dst from [off, off+len(dst)) with up to sliceStreams
 // concurrent range requests.
 func (s *Swarm) getParallel(ctx context.Context, url string, off int64, dst []byte) error {
-	parts := SliceStreams
+	parts := sliceStreams
 	if len(dst) < parts*(64<<10) {
 		parts = 1
 	}
@@ -315,7 +304,6 @@ func (s *Swarm) getRange(ctx context.Context, url string, off int64, dst []byte)
 		return err
 	}
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1))
-	req.Header.Set(SliceHeader, "1")
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return err
@@ -328,6 +316,17 @@ func (s *Swarm) getRange(ctx context.Context, url string, off int64, dst []byte)
 		return fmt.Errorf("GET %s: short read at %d of %d: %w", url, got, len(dst), err)
 	}
 	return nil
+}
+
+// receivedBytes counts useful bytes received so far, from anyone.
+func (x *Transfer) receivedBytes() int64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var n int64
+	for _, v := range x.from {
+		n += v
+	}
+	return n
 }
 
 // waitPieceComplete waits briefly for a verified piece to be marked complete
