@@ -35,7 +35,10 @@ func (s *Swarm) ArchivePath(service, build string) string {
 // small pieces spread sooner; but every piece costs a HAVE to each peer
 // and a request update on each of them, so a host's engine work grows
 // with pieces × peers. Fleets of more than 16 hosts get pieces twice the
-// size table's. Measured with a 100 MB build on the bench
+// size table's, as long as that still leaves two pieces per host: with
+// fewer, each host's first piece from the origin takes N·piece/u to
+// arrive and the swarm has nothing to trade meanwhile (10 MB at 0.5 MB/s,
+// N = 20: 512 KiB pieces took 55-64 s where 256 KiB took 42 s). Measured with a 100 MB build on the bench
 // (docs/BENCHMARKS.md): at N = 5, 512 KiB pieces took 12.1-12.8 s and
 // 1 MiB 12.7-13.0 s; at N = 20, 1 MiB 17.6-18.2 s and 512 KiB 19-29 s; at
 // N = 40, 2 MiB was no faster than 1 MiB (58 s against 55-57 s) and left
@@ -53,7 +56,7 @@ func PieceLength(size int64, hosts int) int64 {
 	default:
 		pl = 4 << 20
 	}
-	if hosts > 16 && pl < 4<<20 {
+	if hosts > 16 && pl < 4<<20 && size >= int64(hosts)*2*(2*pl) {
 		pl *= 2
 	}
 	return pl
