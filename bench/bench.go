@@ -387,16 +387,10 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 				}
 			}
 		}
-		for _, sd := range h.Status.Seeds {
-			if sd.Build != build {
-				continue
-			}
-			up := sd.Uploaded
-			if i == 0 {
-				res.OriginBytes += up
-			} else {
-				res.PeerBytes += up
-			}
+		if i == 0 {
+			res.OriginBytes += uploaded(h, build)
+		} else {
+			res.PeerBytes += uploaded(h, build)
 		}
 	}
 	for i, a := range f.Agents {
@@ -464,11 +458,7 @@ func sample(hosts []agent.FleetHost, build string, at time.Duration) Sample {
 			continue
 		}
 		if i == 0 {
-			for _, sd := range h.Status.Seeds {
-				if sd.Build == build {
-					sm.Origin = sd.Uploaded
-				}
-			}
+			sm.Origin = uploaded(h, build)
 			continue
 		}
 		var p swarm.Progress
@@ -480,6 +470,17 @@ func sample(hosts []agent.FleetHost, build string, at time.Duration) Sample {
 		sm.Peers = append(sm.Peers, len(p.Peers))
 	}
 	return sm
+}
+
+// uploaded is what host h has sent of build so far.
+func uploaded(h agent.FleetHost, build string) int64 {
+	var n int64
+	for _, sd := range h.Status.Seeds {
+		if sd.Build == build {
+			n += sd.Uploaded
+		}
+	}
+	return n
 }
 
 func serviceOf(h agent.FleetHost) *agent.ServiceStatus {

@@ -65,14 +65,14 @@ func (s *Swarm) sliceURL(m *core.Manifest) string {
 
 // planSlice starts pulling x's slice from url. x was created avoiding the
 // origin already, so the engine never fetched from it in between: chunks
-// it had started on would be fetched again over HTTP.
+// it had started on would be fetched again over HTTP. (The origin never
+// dials: refreshPeers offers peers only to transfers still fetching.)
 func (s *Swarm) planSlice(x *Transfer, url string) {
 	if url == "" || x.t.Complete().Bool() {
 		x.avoidOrigin.Store(false)
 		return
 	}
 	s.log.Info().Str("build", x.m.Build).Str("origin", x.m.Origin).Msg("pulling pieces the origin hands out over HTTP; the rest from peers")
-	x.closeOriginConns()
 	s.wg.Add(1)
 	go s.steer(x, url)
 }
@@ -84,14 +84,7 @@ var ErrNotReady = errors.New("origin not ready to hand out pieces yet")
 // host has been given yet; false once every piece has been handed out;
 // ErrNotReady while the origin's copy is not verified yet.
 func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
-	s.mu.RLock()
-	var x *Transfer
-	for _, t := range s.transfers {
-		if t.m.Service == service && t.m.Build == build {
-			x = t
-		}
-	}
-	s.mu.RUnlock()
+	x := s.transferOf(service, build)
 	if x == nil || !x.t.Complete().Bool() {
 		return 0, false, ErrNotReady
 	}
@@ -122,23 +115,6 @@ func (s *Swarm) steer(x *Transfer, url string) {
 		default:
 		}
 	}
-	// The origin may still dial us (it learnt our address before we had the
-	// build): keep closing such connections while we avoid it.
-	closer := time.NewTicker(100 * time.Millisecond)
-	defer closer.Stop()
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-closer.C:
-				if !x.avoidOrigin.Load() {
-					return
-				}
-				x.closeOriginConns()
-			}
-		}
-	}()
 	slowest, err := s.pullSlice(ctx, x, url)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -153,8 +129,7 @@ func (s *Swarm) steer(x *Transfer, url string) {
 	// slow links a piece that every host wants from the one host that has
 	// it takes longer than the stall limit to complete while its bytes
 	// keep arriving, and falling back then only loads the origin.
-	progress := func() int64 { return x.verified() + x.receivedBytes() }
-	last, lastGain := progress(), time.Now()
+	last, lastGain := x.receivedBytes(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -174,7 +149,7 @@ func (s *Swarm) steer(x *Transfer, url string) {
 		if x.verified() == 0 {
 			limit = max(limit, stallNothingYet)
 		}
-		if have := progress(); have > last {
+		if have := x.receivedBytes(); have > last {
 			last, lastGain = have, time.Now()
 		} else if time.Since(lastGain) > limit {
 			fallback(fmt.Sprintf("no progress from peers for %s", limit), nil)
@@ -347,13 +322,4 @@ func (x *Transfer) waitPieceComplete(ctx context.Context, i int) bool {
 		}
 	}
 	return false
-}
-
-func (x *Transfer) closeOriginConns() {
-	origin := PeerIDFor(x.m.Origin)
-	for _, pc := range x.t.PeerConns() {
-		if pc.PeerID == origin {
-			pc.Close()
-		}
-	}
 }

@@ -35,15 +35,15 @@ func (s *Swarm) ArchivePath(service, build string) string {
 // small pieces spread sooner; but every piece costs a HAVE to each peer
 // and a request update on each of them, so a host's engine work grows
 // with pieces × peers. Fleets of more than 16 hosts get pieces twice the
-// size table's, as long as that still leaves two pieces per host: with
-// fewer, each host's first piece from the origin takes N·piece/u to
-// arrive and the swarm has nothing to trade meanwhile (10 MB at 0.5 MB/s,
-// N = 20: 512 KiB pieces took 55-64 s where 256 KiB took 42 s). Measured with a 100 MB build on the bench
-// (docs/BENCHMARKS.md): at N = 5, 512 KiB pieces took 12.1-12.8 s and
-// 1 MiB 12.7-13.0 s; at N = 20, 1 MiB 17.6-18.2 s and 512 KiB 19-29 s; at
-// N = 40, 2 MiB was no faster than 1 MiB (58 s against 55-57 s) and left
-// hosts long enough without a complete piece that they fell back to the
-// origin (it sent 1.9 × S), so the doubling happens once.
+// size table's (once: at N = 40, 2 MiB for 100 MB was no faster than
+// 1 MiB, 58 s against 55-57 s, and left hosts without a complete piece
+// long enough to fall back to the origin, which sent 1.9 × S), as long as
+// that still leaves two pieces per host: with fewer, each host's first
+// piece from the origin takes N·piece/u to arrive and the swarm has
+// nothing to trade meanwhile (10 MB at 0.5 MB/s, N = 20: 512 KiB pieces
+// took 55-64 s where 256 KiB took 42 s). Measured with 100 MB on the
+// bench (docs/BENCHMARKS.md): at N = 5, 512 KiB pieces took 12.1-12.8 s
+// and 1 MiB 12.7-13.0 s; at N = 20, 1 MiB 17.6-18.2 s and 512 KiB 19-29 s.
 func PieceLength(size int64, hosts int) int64 {
 	var pl int64
 	switch {
@@ -137,14 +137,28 @@ type Transfer struct {
 
 // AddServed records n archive bytes of a build sent over HTTP.
 func (s *Swarm) AddServed(service, build string, n int64) {
+	if x := s.transferOf(service, build); x != nil {
+		x.served.Add(n)
+	}
+}
+
+// transferOf is this host's transfer of service/build, or nil.
+func (s *Swarm) transferOf(service, build string) *Transfer {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, x := range s.transfers {
 		if x.m.Service == service && x.m.Build == build {
-			x.served.Add(n)
-			return
+			return x
 		}
 	}
+	return nil
+}
+
+// uploaded counts archive bytes this host sent to others: torrent pieces
+// and HTTP.
+func (x *Transfer) uploaded() int64 {
+	st := x.t.Stats()
+	return st.BytesWrittenData.Int64() + x.served.Load()
 }
 
 // Add starts fetching the build described by m, or seeding it if this host
@@ -272,9 +286,8 @@ type PeerStat struct {
 
 // Progress reports the transfer's counters.
 func (x *Transfer) Progress() Progress {
-	st := x.t.Stats()
 	p := Progress{Have: x.verified(), Total: x.m.Size, Resumed: x.initial,
-		Uploaded: st.BytesWrittenData.Int64() + x.served.Load(), Complete: x.t.Complete().Bool()}
+		Uploaded: x.uploaded(), Complete: x.t.Complete().Bool()}
 	x.s.mu.RLock()
 	names := x.s.names
 	x.s.mu.RUnlock()
@@ -325,9 +338,8 @@ func (s *Swarm) Seeds() []Seed {
 	s.mu.RUnlock()
 	out := make([]Seed, 0, len(xs))
 	for _, x := range xs {
-		st := x.t.Stats()
 		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.verified(), Total: x.m.Size,
-			Uploaded: st.BytesWrittenData.Int64() + x.served.Load(), Peers: len(x.t.PeerConns())})
+			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns())})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Service != out[j].Service {
