@@ -5,6 +5,7 @@
 package core
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,9 +52,16 @@ type Manifest struct {
 	MetaInfo []byte `json:"metainfo"`
 	// Origin is the node that published the build and seeds it first.
 	Origin string `json:"origin"`
-	// Files is the number of entries in the archive (for display).
-	Files       int       `json:"files"`
-	PublishedAt time.Time `json:"published_at"`
+	// Files is the number of entries in the archive; unpacking refuses more.
+	Files int `json:"files"`
+	// UnpackedSize is the total bytes of the regular files in the archive;
+	// unpacking refuses more, and hosts check free space against it.
+	UnpackedSize int64     `json:"unpacked_size"`
+	PublishedAt  time.Time `json:"published_at"`
+	// KeyID names the key that signed the manifest; Signature is its
+	// ed25519 signature over every other field (see package trust).
+	KeyID     string `json:"key_id,omitempty"`
+	Signature []byte `json:"signature,omitempty"`
 }
 
 // Validate checks that the manifest is complete.
@@ -73,6 +81,16 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("%w: %s/%s: info hash %q is not 40 hex digits", ErrInvalidManifest, m.Service, m.Build, m.InfoHash)
 	case len(m.MetaInfo) == 0:
 		return fmt.Errorf("%w: %s/%s: no metainfo", ErrInvalidManifest, m.Service, m.Build)
+	case m.PieceLength <= 0 || m.PieceLength > 64<<20:
+		return fmt.Errorf("%w: %s/%s: piece length %d", ErrInvalidManifest, m.Service, m.Build, m.PieceLength)
+	case m.Files < 0 || m.UnpackedSize < 0:
+		return fmt.Errorf("%w: %s/%s: negative file count or unpacked size", ErrInvalidManifest, m.Service, m.Build)
+	}
+	if _, err := hex.DecodeString(m.SHA256); err != nil {
+		return fmt.Errorf("%w: %s/%s: sha256 is not hex", ErrInvalidManifest, m.Service, m.Build)
+	}
+	if _, err := hex.DecodeString(m.InfoHash); err != nil {
+		return fmt.Errorf("%w: %s/%s: info hash is not hex", ErrInvalidManifest, m.Service, m.Build)
 	}
 	return nil
 }

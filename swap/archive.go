@@ -15,14 +15,16 @@ import (
 // Pack writes dir as a tar stream to w, keeping file modes, empty
 // directories and symlinks (which torrent metadata alone would lose).
 // Entries are sorted and owner fields cleared, so the same tree packs to
-// the same bytes. It returns the number of entries written.
-func Pack(dir string, w io.Writer) (int, error) {
+// the same bytes. It returns what it wrote: entries and regular-file bytes
+// (a manifest declares both; unpacking refuses more).
+func Pack(dir string, w io.Writer) (Stats, error) {
+	var ps Stats
 	st, err := os.Stat(dir)
 	if err != nil {
-		return 0, fmt.Errorf("swap: pack: %w", err)
+		return ps, fmt.Errorf("swap: pack: %w", err)
 	}
 	if !st.IsDir() {
-		return 0, fmt.Errorf("swap: pack: %s is not a directory", dir)
+		return ps, fmt.Errorf("swap: pack: %s is not a directory", dir)
 	}
 	var paths []string
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -35,7 +37,7 @@ func Pack(dir string, w io.Writer) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("swap: pack %s: %w", dir, err)
+		return ps, fmt.Errorf("swap: pack %s: %w", dir, err)
 	}
 	sort.Strings(paths)
 	tw := tar.NewWriter(w)
@@ -43,19 +45,19 @@ func Pack(dir string, w io.Writer) (int, error) {
 		rel, _ := filepath.Rel(dir, p)
 		fi, err := os.Lstat(p)
 		if err != nil {
-			return 0, fmt.Errorf("swap: pack: %w", err)
+			return ps, fmt.Errorf("swap: pack: %w", err)
 		}
 		link := ""
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			if link, err = os.Readlink(p); err != nil {
-				return 0, fmt.Errorf("swap: pack: %w", err)
+				return ps, fmt.Errorf("swap: pack: %w", err)
 			}
 		} else if !fi.Mode().IsRegular() && !fi.IsDir() {
-			return 0, fmt.Errorf("swap: pack: %s is a %s; only files, directories and symlinks can ship", p, fi.Mode().Type())
+			return ps, fmt.Errorf("swap: pack: %s is a %s; only files, directories and symlinks can ship", p, fi.Mode().Type())
 		}
 		h, err := tar.FileInfoHeader(fi, link)
 		if err != nil {
-			return 0, fmt.Errorf("swap: pack %s: %w", p, err)
+			return ps, fmt.Errorf("swap: pack %s: %w", p, err)
 		}
 		h.Name = filepath.ToSlash(rel)
 		if fi.IsDir() {
@@ -65,36 +67,76 @@ func Pack(dir string, w io.Writer) (int, error) {
 		h.AccessTime, h.ChangeTime = h.ModTime, h.ModTime
 		h.Format = tar.FormatPAX
 		if err := tw.WriteHeader(h); err != nil {
-			return 0, fmt.Errorf("swap: pack %s: %w", p, err)
+			return ps, fmt.Errorf("swap: pack %s: %w", p, err)
 		}
 		if fi.Mode().IsRegular() {
+			ps.Bytes += fi.Size()
 			f, err := os.Open(p)
 			if err != nil {
-				return 0, fmt.Errorf("swap: pack: %w", err)
+				return ps, fmt.Errorf("swap: pack: %w", err)
 			}
 			_, err = io.Copy(tw, f)
 			f.Close()
 			if err != nil {
-				return 0, fmt.Errorf("swap: pack %s: %w", p, err)
+				return ps, fmt.Errorf("swap: pack %s: %w", p, err)
 			}
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return 0, fmt.Errorf("swap: pack: %w", err)
+		return ps, fmt.Errorf("swap: pack: %w", err)
 	}
-	return len(paths), nil
+	ps.Entries = len(paths)
+	return ps, nil
 }
 
-// ErrUnsafeArchive: an archive entry would land outside the release directory.
-var ErrUnsafeArchive = errors.New("unsafe archive entry")
+// Sentinel errors of unpacking; check with errors.Is.
+var (
+	// ErrUnsafeArchive: an entry would land outside the release directory,
+	// or is of a kind Shoal never ships (hardlink, device, FIFO, sparse file).
+	ErrUnsafeArchive = errors.New("unsafe archive entry")
+	// ErrArchiveLimit: the archive holds more bytes or entries than its
+	// manifest declares or the agent allows.
+	ErrArchiveLimit = errors.New("archive exceeds its limits")
+)
+
+// Limits bound what one archive may unpack to.
+type Limits struct {
+	// MaxBytes caps the total size of regular files; 0 means no cap.
+	MaxBytes int64
+	// MaxEntries caps the number of entries; 0 means no cap.
+	MaxEntries int
+	// AllowSpecialBits keeps setuid, setgid and sticky bits; otherwise
+	// they are dropped (the file is still unpacked).
+	AllowSpecialBits bool
+}
+
+// Stats counts what an archive held.
+type Stats struct {
+	Entries int   `json:"entries"`
+	Bytes   int64 `json:"bytes"`
+	// SpecialBitsDropped counts entries whose setuid/setgid/sticky bits were cleared.
+	SpecialBitsDropped int `json:"special_bits_dropped,omitempty"`
+}
 
 // Unpack extracts a tar stream made by Pack into dest, which must exist
-// and be empty. Entries that would escape dest (absolute paths, "..",
-// writing through a symlink) are refused with ErrUnsafeArchive.
-func Unpack(r io.Reader, dest string) error {
+// and be empty. Every write goes through an os.Root opened on dest, so no
+// write, chmod, chtimes or link creation can leave it; on top of that,
+// entries are refused (ErrUnsafeArchive) when their name is not local
+// (absolute, ".."), when any parent is a symlink or not a directory, when
+// they would replace an existing entry, and when they are hardlinks,
+// devices, FIFOs or sparse files. Symlinks may point anywhere but are
+// never followed while unpacking. Sizes and entry counts are checked
+// against lim before anything is written for the entry (ErrArchiveLimit).
+func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
+	var st Stats
+	root, err := os.OpenRoot(dest)
+	if err != nil {
+		return st, fmt.Errorf("swap: unpack: %w", err)
+	}
+	defer root.Close()
 	tr := tar.NewReader(r)
 	type dirMode struct {
-		path string
+		name string
 		mode fs.FileMode
 	}
 	var dirs []dirMode
@@ -104,73 +146,128 @@ func Unpack(r io.Reader, dest string) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("swap: unpack: %w", err)
+			return st, fmt.Errorf("swap: unpack: %w", err)
 		}
-		name := filepath.Clean(filepath.FromSlash(h.Name))
-		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, ".."+string(filepath.Separator)) {
-			return fmt.Errorf("swap: unpack: %w: %q", ErrUnsafeArchive, h.Name)
+		st.Entries++
+		if lim.MaxEntries > 0 && st.Entries > lim.MaxEntries {
+			return st, fmt.Errorf("swap: unpack: %w: more than %d entries", ErrArchiveLimit, lim.MaxEntries)
 		}
-		target := filepath.Join(dest, name)
-		if err := noSymlinkParents(dest, name); err != nil {
-			return err
+		name, err := entryName(root, h)
+		if err != nil {
+			return st, err
 		}
-		mode := fs.FileMode(h.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		mode := h.FileInfo().Mode() // maps tar's 04000/02000/01000 to Go's mode bits
+		perm := mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		if special := perm &^ fs.ModePerm; special != 0 && !lim.AllowSpecialBits {
+			perm &= fs.ModePerm
+			st.SpecialBitsDropped++
+		}
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o755); err != nil {
-				return fmt.Errorf("swap: unpack: %w", err)
+			if err := root.Mkdir(name, 0o700); err != nil {
+				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 			}
-			dirs = append(dirs, dirMode{target, mode})
+			dirs = append(dirs, dirMode{name, perm})
 		case tar.TypeReg:
-			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-			if err != nil {
-				return fmt.Errorf("swap: unpack: %w", err)
+			if h.Size < 0 {
+				return st, fmt.Errorf("swap: unpack: %w: %q has size %d", ErrUnsafeArchive, h.Name, h.Size)
 			}
-			_, err = io.Copy(f, tr)
+			st.Bytes += h.Size
+			if lim.MaxBytes > 0 && st.Bytes > lim.MaxBytes {
+				return st, fmt.Errorf("swap: unpack: %w: more than the %d bytes declared", ErrArchiveLimit, lim.MaxBytes)
+			}
+			// O_EXCL: never through an existing entry, dangling symlinks included.
+			f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if err != nil {
+				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+			}
+			n, err := io.Copy(f, tr)
+			if err == nil && n != h.Size {
+				err = io.ErrUnexpectedEOF
+			}
 			if err == nil {
-				err = f.Chmod(mode)
+				err = f.Chmod(perm)
 			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return fmt.Errorf("swap: unpack %s: %w", h.Name, err)
+				return st, fmt.Errorf("swap: unpack %s: %w", h.Name, err)
 			}
-			_ = os.Chtimes(target, h.ModTime, h.ModTime)
+			_ = root.Chtimes(name, h.ModTime, h.ModTime)
 		case tar.TypeSymlink:
-			if err := os.Symlink(h.Linkname, target); err != nil {
-				return fmt.Errorf("swap: unpack: %w", err)
+			if h.Linkname == "" {
+				return st, fmt.Errorf("swap: unpack: %w: symlink %q has no target", ErrUnsafeArchive, h.Name)
+			}
+			if err := root.Symlink(h.Linkname, name); err != nil {
+				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 			}
 		default:
-			return fmt.Errorf("swap: unpack: %w: %q has unsupported type %c", ErrUnsafeArchive, h.Name, h.Typeflag)
+			return st, fmt.Errorf("swap: unpack: %w: %q is a %s; only files, directories and symlinks ship", ErrUnsafeArchive, h.Name, typeName(h.Typeflag))
 		}
 	}
 	// Directory modes last, so a read-only directory can still be filled.
+	// Each was made by Mkdir above and no later entry can replace it.
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := os.Chmod(dirs[i].path, dirs[i].mode); err != nil {
-			return fmt.Errorf("swap: unpack: %w", err)
+		if err := root.Chmod(dirs[i].name, dirs[i].mode); err != nil {
+			return st, fmt.Errorf("swap: unpack: %w", err)
 		}
 	}
-	return nil
+	return st, nil
 }
 
-// noSymlinkParents refuses a path whose existing parent components are
-// symlinks: writing through one could land anywhere on the host.
-func noSymlinkParents(root, rel string) error {
-	parts := strings.Split(rel, string(filepath.Separator))
-	p := root
+// entryName checks an entry's name and parents and returns it in local form.
+func entryName(root *os.Root, h *tar.Header) (string, error) {
+	if h.Typeflag == tar.TypeGNUSparse || hasSparseRecords(h) {
+		return "", fmt.Errorf("swap: unpack: %w: %q is a sparse file", ErrUnsafeArchive, h.Name)
+	}
+	name := filepath.Clean(filepath.FromSlash(h.Name))
+	if !filepath.IsLocal(name) || name == "." {
+		return "", fmt.Errorf("swap: unpack: %w: %q is not inside the release", ErrUnsafeArchive, h.Name)
+	}
+	parts := strings.Split(name, string(filepath.Separator))
+	p := ""
 	for _, part := range parts[:len(parts)-1] {
 		p = filepath.Join(p, part)
-		fi, err := os.Lstat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
+		fi, err := root.Lstat(p)
 		if err != nil {
-			return fmt.Errorf("swap: unpack: %w", err)
+			return "", fmt.Errorf("swap: unpack: %w: %q: parent %q: %v", ErrUnsafeArchive, h.Name, p, err)
 		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("swap: unpack: %w: %q goes through symlink %q", ErrUnsafeArchive, rel, p)
+		if !fi.IsDir() {
+			return "", fmt.Errorf("swap: unpack: %w: %q goes through %q, a %s", ErrUnsafeArchive, h.Name, p, typeOf(fi))
 		}
 	}
-	return nil
+	return name, nil
+}
+
+func hasSparseRecords(h *tar.Header) bool {
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+func typeOf(fi fs.FileInfo) string {
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return "symlink"
+	}
+	return fi.Mode().Type().String()
+}
+
+func typeName(t byte) string {
+	switch t {
+	case tar.TypeLink:
+		return "hardlink"
+	case tar.TypeChar:
+		return "character device"
+	case tar.TypeBlock:
+		return "block device"
+	case tar.TypeFifo:
+		return "FIFO"
+	case tar.TypeGNUSparse:
+		return "sparse file"
+	}
+	return fmt.Sprintf("entry of type %q", t)
 }

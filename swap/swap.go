@@ -116,23 +116,44 @@ func checkSum(archive string, h hash.Hash, want string) error {
 	return nil
 }
 
-// Install unpacks archive into a cold directory while checking its SHA-256
-// against sha256hex (one read of the archive, not two), and only if the
-// sum matches renames it into releases/<build>. On any error the cold
-// directory is removed and nothing else changes: an archive that fails
-// verification never leaves cold/. Installing an already installed build
-// is a no-op.
-func (s *Store) Install(ctx context.Context, build, archive, sha256hex string) error {
+// Install checks the archive's SHA-256 against sha256hex and, only if it
+// matches, unpacks it into a cold directory within lim (see Unpack) and
+// renames that into releases/<build>. Not one entry is written before the
+// sum is known to match: an archive that fails verification never reaches
+// cold/. On any error the cold directory is removed and nothing else
+// changes. Installing an already installed build is a no-op.
+func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, lim Limits) (Stats, error) {
+	var st Stats
 	if s.Has(build) {
-		return nil
+		return st, nil
+	}
+	f, err := os.Open(archive)
+	if err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return st, fmt.Errorf("swap: install %s: verify %s: %w", build, archive, err)
+	}
+	if err := checkSum(archive, h, sha256hex); err != nil {
+		return st, err
+	}
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
+	if lim.MaxBytes > 0 {
+		if err := CheckFree(s.root, lim.MaxBytes, "unpacking "+build); err != nil {
+			return st, fmt.Errorf("swap: install %s: %w", build, err)
+		}
 	}
 	cold := filepath.Join(s.root, "cold")
 	if err := os.MkdirAll(cold, 0o755); err != nil {
-		return fmt.Errorf("swap: install %s: %w", build, err)
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	tmp, err := os.MkdirTemp(cold, build+".")
 	if err != nil {
-		return fmt.Errorf("swap: install %s: %w", build, err)
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	ok := false
 	defer func() {
@@ -140,36 +161,23 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string) e
 			_ = os.RemoveAll(tmp)
 		}
 	}()
-	f, err := os.Open(archive)
-	if err != nil {
-		return fmt.Errorf("swap: install %s: %w", build, err)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	unpackErr := Unpack(io.TeeReader(f, h), tmp)
-	// Hash what the tar reader did not read (its end padding, or all of
-	// the rest after a parse error), so a corrupt archive is reported as
-	// failing verification rather than as a puzzling unpack error.
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("swap: install %s: verify %s: %w", build, archive, err)
-	}
-	if err := checkSum(archive, h, sha256hex); err != nil {
-		return err
-	}
-	if unpackErr != nil {
-		return fmt.Errorf("swap: install %s: %w", build, unpackErr)
+	if st, err = Unpack(f, tmp, lim); err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return st, err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
-		return fmt.Errorf("swap: install %s: %w", build, err)
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	if err := os.Rename(tmp, s.ReleaseDir(build)); err != nil {
-		return fmt.Errorf("swap: install %s: move into releases: %w", build, err)
+		return st, fmt.Errorf("swap: install %s: move into releases: %w", build, err)
 	}
 	ok = true
-	return syncDir(filepath.Join(s.root, "releases"))
+	return st, syncDir(filepath.Join(s.root, "releases"))
 }
 
 // Switch points `current` at build atomically (temp link, rename over,

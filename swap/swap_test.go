@@ -53,18 +53,22 @@ func TestPackUnpackKeepsModesLinksEmptyDirs(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
 	mkTree(t, src, "v1")
 	var a, b bytes.Buffer
-	n, err := Pack(src, &a)
+	ps, err := Pack(src, &a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 6 {
-		t.Errorf("packed %d entries, want 6", n)
+	if ps.Entries != 6 {
+		t.Errorf("packed %d entries, want 6", ps.Entries)
 	}
 	if _, err := Pack(src, &b); err != nil || !bytes.Equal(a.Bytes(), b.Bytes()) {
 		t.Errorf("packing the same tree twice gave different bytes (err %v)", err)
 	}
-	if err := Unpack(bytes.NewReader(a.Bytes()), dst); err != nil {
+	us, err := Unpack(bytes.NewReader(a.Bytes()), dst, Limits{MaxBytes: ps.Bytes, MaxEntries: ps.Entries})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if us != ps {
+		t.Errorf("unpacked %+v, packed %+v", us, ps)
 	}
 	for p, want := range map[string]fs.FileMode{"bin/app": 0o755, "etc/conf": 0o640, "empty": fs.ModeDir | 0o755} {
 		fi, err := os.Lstat(filepath.Join(dst, p))
@@ -95,7 +99,7 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 			}
 		}
 		tw.Close()
-		err := Unpack(&buf, t.TempDir())
+		_, err := Unpack(&buf, t.TempDir(), Limits{})
 		if !errors.Is(err, ErrUnsafeArchive) {
 			t.Errorf("%s: got %v, want ErrUnsafeArchive", name, err)
 		}
@@ -118,7 +122,7 @@ func install(t *testing.T, s *Store, build string) {
 	mkTree(t, src, build)
 	arch := filepath.Join(t.TempDir(), build+".tar")
 	sum := packFile(t, src, arch)
-	if err := s.Install(context.Background(), build, arch, sum); err != nil {
+	if _, err := s.Install(context.Background(), build, arch, sum, Limits{}); err != nil {
 		t.Fatalf("install %s: %v", build, err)
 	}
 }
@@ -129,7 +133,7 @@ func TestInstallVerifyFailureLeavesNothing(t *testing.T) {
 	mkTree(t, src, "v1")
 	arch := filepath.Join(t.TempDir(), "v1.tar")
 	packFile(t, src, arch)
-	err := s.Install(context.Background(), "v1", arch, strings.Repeat("0", 64))
+	_, err := s.Install(context.Background(), "v1", arch, strings.Repeat("0", 64), Limits{})
 	if !errors.Is(err, ErrVerifyFailed) {
 		t.Fatalf("got %v, want ErrVerifyFailed", err)
 	}
@@ -160,7 +164,7 @@ func TestInstallCorruptArchiveFailsVerification(t *testing.T) {
 	if err := os.WriteFile(arch, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err = s.Install(context.Background(), "v1", arch, sum)
+	_, err = s.Install(context.Background(), "v1", arch, sum, Limits{})
 	if !errors.Is(err, ErrVerifyFailed) {
 		t.Fatalf("got %v, want ErrVerifyFailed", err)
 	}

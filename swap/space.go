@@ -1,0 +1,46 @@
+package swap
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
+
+// ErrNoSpace: the file system has less free space than a step needs.
+var ErrNoSpace = errors.New("not enough free disk space")
+
+// FreeBytes is the space available to this process on dir's file system.
+func FreeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("swap: free space of %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// CheckFree returns ErrNoSpace, saying what needs how much, unless dir's
+// file system has at least need bytes free.
+func CheckFree(dir string, need int64, what string) error {
+	free, err := FreeBytes(dir)
+	if err != nil {
+		return err
+	}
+	if free < need {
+		return fmt.Errorf("%w for %s: needs %s, %s free on the file system of %s; free space (or lower keep_releases) and deploy again",
+			ErrNoSpace, what, human(need), human(free), dir)
+	}
+	return nil
+}
+
+func human(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
