@@ -6,22 +6,31 @@
 //	                                  ↘ failed (reason kept; live release untouched or restored)
 //
 // Each service's machine is owned by one goroutine: it is the only writer
-// of that service's state, and publishes snapshots that the local HTTP API
-// (GET /v1/status, /v1/health, /v1/fleet, /metrics, POST /v1/publish)
-// reads. State is persisted under the data dir, so a restarted agent knows
+// of that service's state, and publishes snapshots that the two HTTP APIs
+// read: the control API (loopback, a unix socket, or a token; see api.go)
+// for the CLI and operators, and the peer API that only fleet members can
+// reach (piece ranges, the origin's hand-out, fleet status).
+//
+// A build runs here only if its manifest is signed by a trusted key (see
+// package trust); that is checked before a byte is fetched. State is persisted under the data dir, so a restarted agent knows
 // its releases, keeps seeding its archives and resumes interrupted fetches
 // from the pieces it already verified.
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +40,7 @@ import (
 	"github.com/shoal-deploy/shoal/signal"
 	"github.com/shoal-deploy/shoal/swap"
 	"github.com/shoal-deploy/shoal/swarm"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 // Version is set by the build (-ldflags -X).
@@ -42,12 +52,19 @@ type Agent struct {
 	log   zerolog.Logger
 	sig   *signal.Client
 	swarm *swarm.Swarm
-	ln    net.Listener
+	ln    net.Listener // control API
+	pln   net.Listener // peer API
+	keys  *trust.Keyring
+	token string // control API token; "" if none
 
 	mu       sync.RWMutex // guards services (the map; each service guards itself)
 	services map[string]*service
 
-	pubMu sync.Mutex // serialises publishes
+	pubMu  sync.Mutex                // serialises publishes; guards drafts
+	drafts map[string]*core.Manifest // packed, not yet signed and published, by service@build
+
+	trustedMu sync.RWMutex              // guards trusted
+	trusted   map[string]*core.Manifest // manifests that passed checkTrust, by service@build
 
 	origin *originServer
 }
@@ -63,20 +80,38 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("agent: data dir: %w", err)
 		}
 	}
+	gossipKey, keys, err := cfg.secrets()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Swarm.SecretKey = gossipKey
+	token := ""
+	if cfg.APIToken != "" {
+		if token, err = trust.ReadValue(cfg.APIToken); err != nil {
+			return nil, err
+		}
+	}
 	sig, err := signal.New(cfg.Consul, log.With().Str("component", "signal").Logger())
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.API)
+	ln, err := listen(cfg.API)
 	if err != nil {
-		return nil, fmt.Errorf("agent: api listener on %s: %w", cfg.API, err)
+		return nil, fmt.Errorf("agent: control api listener on %s: %w", cfg.API, err)
+	}
+	pln, err := net.Listen("tcp", cfg.PeerAPI)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("agent: peer api listener on %s: %w", cfg.PeerAPI, err)
 	}
 	sw, err := swarm.New(cfg.Swarm, log.With().Str("component", "swarm").Logger())
 	if err != nil {
 		ln.Close()
+		pln.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, services: map[string]*service{}}
+	a := &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, pln: pln, keys: keys, token: token,
+		services: map[string]*service{}, drafts: map[string]*core.Manifest{}, trusted: map[string]*core.Manifest{}}
 	a.origin = newOriginServer(a)
 	sw.SetOriginURL(a.originURL)
 	for name, sc := range cfg.Services {
@@ -92,7 +127,29 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 
 func (a *Agent) close() {
 	a.ln.Close()
+	a.pln.Close()
 	a.swarm.Close()
+}
+
+// listen opens the control API: "unix:/path" (mode 0600, a stale socket
+// replaced) or a TCP host:port.
+func listen(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // Run serves until ctx is done, then stops every goroutine it started and
@@ -101,17 +158,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer a.close()
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: a.controlRoutes(), ReadHeaderTimeout: 10 * time.Second}
+	psrv := &http.Server{Handler: a.peerRoutes(), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(a.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("agent: api: %w", err)
-			cancel()
-		}
-	}()
+	errc := make(chan error, 2)
+	serve := func(name string, srv *http.Server, ln net.Listener) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("agent: %s api: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	serve("control", srv, a.ln)
+	serve("peer", psrv, a.pln)
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = a.swarm.Run(ctx) }()
 	a.reseed(ctx)
@@ -121,11 +183,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func(s *service) { defer wg.Done(); s.run(ctx) }(s)
 	}
 	a.mu.RUnlock()
-	a.log.Info().Str("node", a.cfg.Swarm.Node).Str("api", a.cfg.API).Str("gossip", a.swarm.GossipAddr()).
-		Str("torrent", a.swarm.TorrentAddr()).Str("consul", a.sig.Address()).Str("version", Version).Msg("agent running")
+	a.log.Info().Str("node", a.cfg.Swarm.Node).Str("api", a.cfg.API).Str("peer_api", a.cfg.PeerAPI).Str("gossip", a.swarm.GossipAddr()).
+		Str("torrent", a.swarm.TorrentAddr()).Str("consul", a.sig.Address()).Str("version", Version).
+		Strs("trusted_keys", a.keys.IDs()).Bool("gossip_encrypted", len(a.cfg.Swarm.SecretKey) > 0).Msg("agent running")
+	if a.cfg.InsecureDev {
+		a.log.Warn().Msg(insecureWarning)
+	}
 	<-ctx.Done()
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = srv.Shutdown(sctx)
+	_ = psrv.Shutdown(sctx)
 	scancel()
 	wg.Wait()
 	a.log.Info().Msg("agent stopped")
@@ -137,11 +204,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// insecureWarning is logged at start and shown in every status line of a dev-mode agent.
+const insecureWarning = "INSECURE DEV MODE: unsigned builds are accepted and gossip is not encrypted; never run this on a real fleet"
+
 // reseed offers every archive this host has (or had begun) to the swarm
-// again, so a restarted host keeps serving its builds.
+// again, so a restarted host keeps serving its builds. A local manifest
+// is re-checked first: a file changed on disk is not trusted.
 func (a *Agent) reseed(ctx context.Context) {
 	for _, m := range a.knownManifests() {
 		if _, err := os.Stat(a.swarm.ArchivePath(m.Service, m.Build)); err != nil {
+			continue
+		}
+		if err := a.checkTrust(m); err != nil {
+			a.log.Warn().Err(err).Str("service", m.Service).Str("build", m.Build).Msg("not re-seeding an archive whose manifest is not trusted")
 			continue
 		}
 		if _, err := a.swarm.Add(ctx, m); err != nil {
@@ -177,18 +252,29 @@ func (a *Agent) knownManifests() []*core.Manifest {
 	return out
 }
 
-// PublishRequest asks the agent to publish a directory as a build.
+// PublishRequest asks the agent to pack a directory on this host as a build.
 type PublishRequest struct {
 	Service string `json:"service"`
 	Build   string `json:"build"`
-	// Dir is an absolute path on this host.
+	// Dir is an absolute path on this host, inside publish_roots if set.
 	Dir string `json:"dir"`
 }
 
-// Publish packs req.Dir into an archive in the swarm's store, hashes it,
-// writes the manifest to Consul (never overwriting a different build of
-// the same name) and seeds it. This host becomes the build's origin.
-func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*core.Manifest, error) {
+// PublishResponse is the manifest of a packed build. Published is true if
+// Consul already holds it (the same content was published before):
+// nothing more to do. Otherwise it is a draft for the publisher to sign
+// and hand back with Commit.
+type PublishResponse struct {
+	Manifest  *core.Manifest `json:"manifest"`
+	Published bool           `json:"published"`
+}
+
+// Publish packs req.Dir into an archive in the swarm's store, hashes it and
+// starts seeding it; this host becomes the build's origin. The manifest it
+// returns is a draft: nothing reaches Consul, and no member can fetch the
+// build, until Commit gets it back signed. Re-publishing the same content
+// under the same name is a no-op; different content is ErrBuildExists.
+func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*PublishResponse, error) {
 	a.pubMu.Lock()
 	defer a.pubMu.Unlock()
 	if err := core.ValidName("service", req.Service); err != nil {
@@ -197,16 +283,12 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*core.Manifest
 	if err := core.ValidName("build", req.Build); err != nil {
 		return nil, err
 	}
-	if !filepath.IsAbs(req.Dir) {
-		return nil, fmt.Errorf("agent: publish: directory %q must be absolute", req.Dir)
+	dir, err := a.publishDir(req.Dir)
+	if err != nil {
+		return nil, err
 	}
-	if old, err := a.sig.Manifest(ctx, req.Service, req.Build); err == nil {
-		if _, statErr := os.Stat(a.swarm.ArchivePath(old.Service, old.Build)); statErr == nil && old.Origin == a.cfg.Swarm.Node {
-			return old, nil // already published from here
-		}
-		return nil, fmt.Errorf("agent: publish %s/%s: %w by %s at %s; pick a new build name", req.Service, req.Build,
-			signal.ErrBuildExists, old.Origin, old.PublishedAt.Format(time.RFC3339))
-	} else if !errors.Is(err, signal.ErrNotFound) {
+	old, err := a.sig.Manifest(ctx, req.Service, req.Build)
+	if err != nil && !errors.Is(err, signal.ErrNotFound) {
 		return nil, err
 	}
 	start := time.Now()
@@ -216,7 +298,8 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*core.Manifest
 		return nil, fmt.Errorf("agent: publish: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	files, err := swap.Pack(req.Dir, tmp)
+	h := sha256.New()
+	ps, err := swap.Pack(dir, io.MultiWriter(tmp, h))
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -226,15 +309,23 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*core.Manifest
 	if err != nil {
 		return nil, fmt.Errorf("agent: publish %s/%s: %w", req.Service, req.Build, err)
 	}
+	if ps.Entries == 0 {
+		return nil, fmt.Errorf("agent: publish %s/%s: %s is empty; a build needs at least one file", req.Service, req.Build, dir)
+	}
+	if old != nil {
+		if sum := hex.EncodeToString(h.Sum(nil)); sum != old.SHA256 {
+			return nil, fmt.Errorf("agent: publish %s/%s: %w by %s at %s (sha256 %s…, this directory packs to %s…); pick a new build name",
+				req.Service, req.Build, signal.ErrBuildExists, old.Origin, old.PublishedAt.Format(time.RFC3339), old.SHA256[:12], sum[:12])
+		}
+		return &PublishResponse{Manifest: old, Published: true}, nil
+	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return nil, fmt.Errorf("agent: publish: %w", err)
 	}
-	m := &core.Manifest{Service: req.Service, Build: req.Build, Origin: a.cfg.Swarm.Node, Files: files, PublishedAt: time.Now().UTC()}
+	m := &core.Manifest{Service: req.Service, Build: req.Build, Origin: a.cfg.Swarm.Node, Files: ps.Entries,
+		UnpackedSize: ps.Bytes, PublishedAt: time.Now().UTC()}
 	if err := a.swarm.Describe(m); err != nil {
 		os.Remove(path)
-		return nil, err
-	}
-	if err := a.saveManifest(m); err != nil {
 		return nil, err
 	}
 	x, err := a.swarm.Add(ctx, m)
@@ -246,12 +337,96 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*core.Manifest
 	if err := x.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("agent: publish %s/%s: seeding: %w", m.Service, m.Build, err)
 	}
+	a.drafts[m.Service+"@"+m.Build] = m
+	a.log.Info().Str("service", m.Service).Str("build", m.Build).Int64("bytes", m.Size).Int("files", ps.Entries).
+		Int64("unpacked_bytes", ps.Bytes).Str("sha256", m.SHA256).Int64("piece_length", m.PieceLength).
+		Dur("took", time.Since(start)).Msg("packed; waiting for the signed manifest")
+	return &PublishResponse{Manifest: m}, nil
+}
+
+// publishDir resolves dir (absolute, a directory, inside publish_roots if set).
+func (a *Agent) publishDir(dir string) (string, error) {
+	if !filepath.IsAbs(dir) {
+		return "", fmt.Errorf("agent: publish: directory %q must be absolute", dir)
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", fmt.Errorf("agent: publish: %w", err)
+	}
+	if fi, err := os.Stat(real); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("agent: publish: %s is not a directory", dir)
+	}
+	if len(a.cfg.PublishRoots) == 0 {
+		return real, nil
+	}
+	for _, root := range a.cfg.PublishRoots {
+		r, err := filepath.EvalSymlinks(root)
+		if err != nil {
+			continue
+		}
+		if rel, err := filepath.Rel(r, real); err == nil && filepath.IsLocal(rel) {
+			return real, nil
+		}
+	}
+	return "", fmt.Errorf("agent: publish: %s is outside this agent's publish_roots %v", dir, a.cfg.PublishRoots)
+}
+
+// Commit takes back a draft from Publish, signed by the publisher: the
+// manifest must match the draft in every field but the signature, and the
+// signature must verify under a trusted key (dev mode also takes it
+// unsigned). Then it goes to Consul (create-only) and members may fetch it.
+func (a *Agent) Commit(ctx context.Context, m *core.Manifest) (*core.Manifest, error) {
+	a.pubMu.Lock()
+	defer a.pubMu.Unlock()
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	key := m.Service + "@" + m.Build
+	draft := a.drafts[key]
+	if draft == nil {
+		return nil, fmt.Errorf("agent: publish %s/%s: no packed draft on this agent (it restarted, or was never asked); run `shoal publish` again", m.Service, m.Build)
+	}
+	unsigned := *m
+	unsigned.KeyID, unsigned.Signature = "", nil
+	a1, _ := core.MarshalManifest(&unsigned)
+	a2, _ := core.MarshalManifest(draft)
+	if !bytes.Equal(a1, a2) {
+		return nil, fmt.Errorf("agent: publish %s/%s: the signed manifest differs from what this agent packed; run `shoal publish` again", m.Service, m.Build)
+	}
+	if err := a.checkTrust(m); err != nil {
+		return nil, fmt.Errorf("agent: publish %s/%s: %w", m.Service, m.Build, err)
+	}
+	if err := a.saveManifest(m); err != nil {
+		return nil, err
+	}
 	if err := a.sig.PublishManifest(ctx, m); err != nil {
 		return nil, err
 	}
-	a.log.Info().Str("service", m.Service).Str("build", m.Build).Int64("bytes", m.Size).Int("files", files).
-		Str("sha256", m.SHA256).Int64("piece_length", m.PieceLength).Dur("took", time.Since(start)).Msg("published")
+	delete(a.drafts, key)
+	a.log.Info().Str("service", m.Service).Str("build", m.Build).Str("key", m.KeyID).Msg("published")
 	return m, nil
+}
+
+// checkTrust accepts m if its signature verifies under a trusted key (or,
+// in dev mode, if it is unsigned) and remembers it as servable to peers.
+func (a *Agent) checkTrust(m *core.Manifest) error {
+	if err := a.keys.Verify(m); err != nil {
+		if !a.cfg.InsecureDev || !errors.Is(err, trust.ErrUnsigned) {
+			return err
+		}
+		a.log.Warn().Str("service", m.Service).Str("build", m.Build).Msg("accepting an unsigned build: " + insecureWarning)
+	}
+	a.trustedMu.Lock()
+	a.trusted[m.Service+"@"+m.Build] = m
+	a.trustedMu.Unlock()
+	return nil
+}
+
+// trustedManifest is m if it passed checkTrust on this host, else nil.
+func (a *Agent) trustedManifest(service, build string) *core.Manifest {
+	a.trustedMu.RLock()
+	defer a.trustedMu.RUnlock()
+	return a.trusted[service+"@"+build]
 }
 
 // Status is what GET /v1/status returns.

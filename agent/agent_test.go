@@ -18,6 +18,7 @@ import (
 	"github.com/shoal-deploy/shoal/signal"
 	"github.com/shoal-deploy/shoal/swap"
 	"github.com/shoal-deploy/shoal/swarm"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 var consulAddr string
@@ -34,9 +35,16 @@ func TestTwoAgentsInProcess(t *testing.T) {
 	prefix := fmt.Sprintf("agent-test-%d", time.Now().UnixNano()) // fresh keys on every run
 	var agents []*Agent
 	done := make(chan error, 2)
+	key, err := trust.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gossipKey, _ := trust.GenerateGossipKey()
 	for i, ip := range []string{"127.0.43.2", "127.0.43.3"} {
 		cfg := Config{DataDir: t.TempDir(),
-			Swarm:  swarmCfg(ip, i),
+			GossipKey:   gossipKey,
+			TrustedKeys: []string{key.Public().String()},
+			Swarm:       swarmCfg(ip, i),
 			Consul: signal.Config{Address: consulAddr, Prefix: prefix},
 			Services: map[string]ServiceConfig{"web": {Hooks: swap.Hooks{
 				Activate: `echo "$SHOAL_PHASE $SHOAL_BUILD" >> ` + hooksLog}}}}
@@ -57,16 +65,22 @@ func TestTwoAgentsInProcess(t *testing.T) {
 	}()
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "index.html"), []byte("hello v1"), 0o644)
-	m, err := agents[0].Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src})
+	c0 := NewClient(agents[0].cfg.API, time.Minute)
+	m, already, err := c0.Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src}, &key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Origin != "a0" || m.Size == 0 {
-		t.Errorf("manifest origin %q size %d", m.Origin, m.Size)
+	if already || m.Origin != "a0" || m.Size == 0 || m.KeyID != key.Public().ID() {
+		t.Errorf("manifest origin %q size %d key %q, already %v", m.Origin, m.Size, m.KeyID, already)
 	}
-	if _, err := agents[0].Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src}); err != nil {
-		t.Errorf("republishing the same build from its origin: %v, want a no-op", err)
+	if _, already, err := c0.Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src}, &key); err != nil || !already {
+		t.Errorf("republishing the same content: already=%v, %v; want a no-op", already, err)
 	}
+	os.WriteFile(filepath.Join(src, "index.html"), []byte("hello v1, changed"), 0o644)
+	if _, _, err := c0.Publish(ctx, PublishRequest{Service: "web", Build: "v1", Dir: src}, &key); !errorContains(err, "already published") {
+		t.Errorf("republishing v1 with other content: %v, want a refusal", err)
+	}
+	os.WriteFile(filepath.Join(src, "index.html"), []byte("hello v1"), 0o644)
 	sig, _ := signal.New(signal.Config{Address: consulAddr, Prefix: prefix}, zerolog.Nop())
 	if _, err := sig.Deploy(ctx, "web", "v1", "test", ""); err != nil {
 		t.Fatal(err)
@@ -112,6 +126,8 @@ func TestTwoAgentsInProcess(t *testing.T) {
 		t.Errorf("activate hooks ran: %q, want once per agent", hooks)
 	}
 }
+
+func errorContains(err error, s string) bool { return err != nil && strings.Contains(err.Error(), s) }
 
 func swarmCfg(ip string, i int) swarm.Config {
 	c := swarm.Config{Node: "a" + string(rune('0'+i)), BindAddr: ip, Gossip: "local",

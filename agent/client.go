@@ -7,21 +7,41 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"time"
+
+	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
-// Client talks to an agent's local HTTP API. The CLI, the bench harness
-// and the agent itself (gathering the fleet) use it.
+// Client talks to an agent's control API. The CLI and the bench harness use it.
 type Client struct {
-	addr string
-	hc   *http.Client
+	addr  string
+	base  string // URL prefix
+	token string
+	hc    *http.Client
 }
 
-// NewClient returns a client for the agent API at addr (host:port); a zero
-// timeout means none.
+// NewClient returns a client for the control API at addr: host:port, or
+// "unix:/path" for a unix socket. A zero timeout means none.
 func NewClient(addr string, timeout time.Duration) *Client {
-	return &Client{addr: addr, hc: &http.Client{Timeout: timeout}}
+	c := &Client{addr: addr, base: "http://" + addr, hc: &http.Client{Timeout: timeout}}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		c.base = "http://shoal-agent"
+		c.hc.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}}
+	}
+	return c
+}
+
+// WithToken makes the client send the agent's control API token.
+func (c *Client) WithToken(token string) *Client {
+	c.token = token
+	return c
 }
 
 // Addr is the API address.
@@ -38,11 +58,14 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
@@ -77,4 +100,30 @@ func (c *Client) Status(ctx context.Context) (HostStatus, error) {
 	var st HostStatus
 	err := c.Do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
+}
+
+// Publish has the agent pack req.Dir, signs the draft manifest with key
+// (nil: unsigned, which only dev-mode agents accept) and hands it back to
+// be published. It returns the published manifest, and whether the same
+// content had already been published under that name (then nothing changed).
+func (c *Client) Publish(ctx context.Context, req PublishRequest, key *trust.SigningKey) (*core.Manifest, bool, error) {
+	var resp PublishResponse
+	if err := c.Do(ctx, http.MethodPost, "/v1/publish", req, &resp); err != nil {
+		return nil, false, err
+	}
+	if resp.Manifest == nil {
+		return nil, false, fmt.Errorf("agent at %s returned no manifest", c.addr)
+	}
+	if resp.Published {
+		return resp.Manifest, true, nil
+	}
+	m := resp.Manifest
+	if key != nil {
+		key.Sign(m)
+	}
+	var out core.Manifest
+	if err := c.Do(ctx, http.MethodPost, "/v1/publish/commit", m, &out); err != nil {
+		return nil, false, err
+	}
+	return &out, false, nil
 }

@@ -8,11 +8,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/signal"
 	"github.com/shoal-deploy/shoal/swap"
 	"github.com/shoal-deploy/shoal/swarm"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 // Config is everything one `shoal agent` needs. It nests the packages'
@@ -20,8 +22,36 @@ import (
 type Config struct {
 	// DataDir holds archives, releases and the agent's state. Required.
 	DataDir string `json:"data_dir"`
-	// API is the local HTTP API address. Default <bind>:7070.
+	// API is the control API (publish, status, metrics, pprof): a loopback
+	// host:port or "unix:/path/to.sock". Default <bind>:7070 when bind is a
+	// loopback address (local test fleets), else 127.0.0.1:7070. Any other
+	// address requires APIToken.
 	API string `json:"api,omitempty"`
+	// APIToken, if set, is required (Authorization: Bearer) on every
+	// control API request but /v1/health: the token itself, or @file.
+	// Default $SHOAL_API_TOKEN.
+	APIToken string `json:"api_token,omitempty"`
+	// PeerAPI is where other members fetch piece ranges, the origin's
+	// hand-out and this host's status. It answers members only. Default <bind>:7071.
+	PeerAPI string `json:"peer_api,omitempty"`
+	// GossipKey encrypts gossip and authenticates peer API requests:
+	// base64 of 32 bytes (`shoal keygen --gossip`), or @file. Required
+	// unless InsecureDev. Default $SHOAL_GOSSIP_KEY.
+	GossipKey string `json:"gossip_key,omitempty"`
+	// TrustedKeys are the public keys whose signed builds this host runs
+	// (each the key, or @file). Several allow rotation. Required unless InsecureDev.
+	TrustedKeys []string `json:"trusted_keys,omitempty"`
+	// InsecureDev runs without gossip encryption and accepts unsigned
+	// builds. For a laptop only; every log line at start and every status says so.
+	InsecureDev bool `json:"insecure_dev,omitempty"`
+	// PublishRoots, if set, are the only directories `shoal publish` may
+	// pack from (and their subdirectories).
+	PublishRoots []string `json:"publish_roots,omitempty"`
+	// MaxUnpackedBytes caps any build's unpacked size on this host,
+	// whatever its manifest declares. Default 64 GB.
+	MaxUnpackedBytes int64 `json:"max_unpacked_bytes,omitempty"`
+	// MaxEntries caps the files, directories and links of any build. Default 1,000,000.
+	MaxEntries int `json:"max_entries,omitempty"`
 	// Swarm: node name, bind address, join list, ports, rate limits.
 	Swarm swarm.Config `json:"swarm"`
 	// Consul: address, token, key prefix, watch timings.
@@ -47,14 +77,35 @@ type ServiceConfig struct {
 	// KeepReleases is how many releases stay on disk (current and previous
 	// always do). Default 3.
 	KeepReleases int `json:"keep_releases,omitempty"`
+	// AllowSetuid keeps setuid, setgid and sticky bits from the build's
+	// archive; by default they are dropped.
+	AllowSetuid bool `json:"allow_setuid,omitempty"`
 }
 
 func (c *Config) applyDefaults() {
 	if c.API == "" && c.Swarm.BindAddr != "" {
-		c.API = net.JoinHostPort(c.Swarm.BindAddr, "7070")
+		c.API = "127.0.0.1:7070"
+		if ip := net.ParseIP(c.Swarm.BindAddr); ip != nil && ip.IsLoopback() {
+			c.API = net.JoinHostPort(c.Swarm.BindAddr, "7070")
+		}
+	}
+	if c.PeerAPI == "" && c.Swarm.BindAddr != "" {
+		c.PeerAPI = net.JoinHostPort(c.Swarm.BindAddr, "7071")
+	}
+	if c.APIToken == "" {
+		c.APIToken = os.Getenv("SHOAL_API_TOKEN")
+	}
+	if c.GossipKey == "" {
+		c.GossipKey = os.Getenv("SHOAL_GOSSIP_KEY")
+	}
+	if c.MaxUnpackedBytes == 0 {
+		c.MaxUnpackedBytes = 64e9
+	}
+	if c.MaxEntries == 0 {
+		c.MaxEntries = 1_000_000
 	}
 	c.Swarm.DataDir = c.DataDir
-	c.Swarm.APIAddr = c.API
+	c.Swarm.PeerAPIAddr = c.PeerAPI
 	if c.Swarm.Gossip == "" {
 		c.Swarm.Gossip = "lan"
 	}
@@ -80,8 +131,30 @@ func (c Config) Validate() error {
 	} else if !filepath.IsAbs(c.DataDir) {
 		errs = append(errs, fmt.Errorf("agent: data dir %q must be an absolute path", c.DataDir))
 	}
-	if _, _, err := net.SplitHostPort(c.API); err != nil {
-		errs = append(errs, fmt.Errorf("agent: api address %q: %w", c.API, err))
+	if !strings.HasPrefix(c.API, "unix:") {
+		if host, _, err := net.SplitHostPort(c.API); err != nil {
+			errs = append(errs, fmt.Errorf("agent: api address %q: %w", c.API, err))
+		} else if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && c.APIToken == "" {
+			errs = append(errs, fmt.Errorf("agent: control api %q is not loopback: set an api token (--api-token or $SHOAL_API_TOKEN), or bind it to 127.0.0.1 or a unix: socket", c.API))
+		}
+	}
+	if c.APIToken != "" {
+		if tok, err := trust.ReadValue(c.APIToken); err != nil {
+			errs = append(errs, fmt.Errorf("agent: api token: %w", err))
+		} else if len(tok) < 16 {
+			errs = append(errs, errors.New("agent: api token must be at least 16 characters"))
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.PeerAPI); err != nil {
+		errs = append(errs, fmt.Errorf("agent: peer api address %q: %w", c.PeerAPI, err))
+	}
+	if _, _, err := c.secrets(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range c.PublishRoots {
+		if !filepath.IsAbs(r) {
+			errs = append(errs, fmt.Errorf("agent: publish root %q must be an absolute path", r))
+		}
 	}
 	if err := c.Swarm.Validate(); err != nil {
 		errs = append(errs, err)
@@ -101,6 +174,36 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// secrets parses the gossip key and the trusted keys. Outside dev mode
+// both are required.
+func (c Config) secrets() ([]byte, *trust.Keyring, error) {
+	var gossip []byte
+	if c.GossipKey != "" {
+		v, err := trust.ReadValue(c.GossipKey)
+		if err == nil {
+			gossip, err = trust.ParseGossipKey(v)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: gossip key: %w", err)
+		}
+	}
+	kr, err := trust.NewKeyring(c.TrustedKeys)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: trusted keys: %w", err)
+	}
+	if c.InsecureDev {
+		return gossip, kr, nil
+	}
+	var errs []error
+	if gossip == nil {
+		errs = append(errs, errors.New("agent: a gossip key is required (--gossip-key or $SHOAL_GOSSIP_KEY; make one with `shoal keygen --gossip`), or run with --insecure-dev on a laptop"))
+	}
+	if kr.Len() == 0 {
+		errs = append(errs, errors.New("agent: at least one trusted public key is required (--trusted-key; make a pair with `shoal keygen`), or run with --insecure-dev on a laptop"))
+	}
+	return gossip, kr, errors.Join(errs...)
 }
 
 // LoadConfig reads a JSON config file strictly: unknown keys are an error.

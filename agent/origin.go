@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,12 +41,42 @@ func newOriginServer(a *Agent) *originServer {
 // originURL tells the swarm where a build's archive can be pulled from its
 // origin (for origin slices; see swarm/slice.go).
 func (a *Agent) originURL(origin, service, build string) string {
-	for _, m := range a.swarm.Members() {
-		if m.Name == origin && m.API != "" && m.State == "alive" {
-			return "http://" + m.API + "/v1/archive/" + service + "/" + build
+	if m, ok := a.swarm.Member(origin); ok && m.State == "alive" {
+		if base := swarm.PeerAPIURL(m); base != "" {
+			return base + "/v1/archive/" + service + "/" + build
 		}
 	}
 	return ""
+}
+
+// peerRequest sends a request to another member's peer API, signed with
+// this host's credentials.
+func (a *Agent) peerRequest(ctx context.Context, method, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	return a.swarm.PeerDo(req)
+}
+
+// peerGet GETs url from a member's peer API into out (JSON).
+func (a *Agent) peerGet(ctx context.Context, url string, timeout time.Duration, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := a.peerRequest(ctx, http.MethodGet, url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if resp.StatusCode != http.StatusOK {
+		var e apiError
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("GET %s: %s", url, e.Error)
+		}
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.Unmarshal(b, out)
 }
 
 // ServeHTTP answers GET /v1/archive/{service}/{build}.
@@ -55,10 +86,10 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad service or build name", http.StatusBadRequest)
 		return
 	}
-	ok := false
+	ok := o.a.trustedManifest(service, build) != nil // published and signed, never a draft or any other file
 	for _, s := range o.a.swarm.Seeds() {
-		if s.Service == service && s.Build == build && s.Have == s.Total {
-			ok = true
+		if s.Service == service && s.Build == build && s.Have != s.Total {
+			ok = false
 		}
 	}
 	if !ok {
@@ -85,7 +116,12 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // next hands a fetching host the next piece of a build to pull from here
 // (see swarm/slice.go): 200 {"piece": i}, or 204 once all are handed out.
 func (o *originServer) next(w http.ResponseWriter, r *http.Request) {
-	i, ok, err := o.a.swarm.NextSlicePiece(r.PathValue("service"), r.PathValue("build"))
+	service, build := r.PathValue("service"), r.PathValue("build")
+	if o.a.trustedManifest(service, build) == nil {
+		writeJSON(w, http.StatusNotFound, apiError{Error: "no published build " + service + "/" + build + " here"})
+		return
+	}
+	i, ok, err := o.a.swarm.NextSlicePiece(service, build)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: err.Error()})
 		return
@@ -135,13 +171,8 @@ func (s *service) fetchFromOrigin(ctx context.Context, m *core.Manifest) error {
 		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
 		return nil // this host published it: the archive is already here
 	}
-	api := ""
-	for _, mem := range s.a.swarm.Members() {
-		if mem.Name == m.Origin {
-			api = mem.API
-		}
-	}
-	if api == "" {
+	url := s.a.originURL(m.Origin, m.Service, m.Build)
+	if url == "" {
 		return fmt.Errorf("%w: origin %s of %s is not a cluster member", errRetry, m.Origin, m.Build)
 	}
 	start := time.Now().UTC()
@@ -150,11 +181,7 @@ func (s *service) fetchFromOrigin(ctx context.Context, m *core.Manifest) error {
 	s.st.Fetch = &FetchStatus{Build: m.Build, Started: start, Progress: swarm.Progress{Total: m.Size}}
 	base := s.st.BytesReceived
 	s.mu.Unlock()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/v1/archive/"+m.Service+"/"+m.Build, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.a.peerRequest(ctx, http.MethodGet, url)
 	if err != nil {
 		return fmt.Errorf("%w: GET archive from %s: %v", errRetry, m.Origin, err)
 	}

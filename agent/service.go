@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -16,6 +17,7 @@ import (
 	"github.com/shoal-deploy/shoal/signal"
 	"github.com/shoal-deploy/shoal/swap"
 	"github.com/shoal-deploy/shoal/swarm"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 // ServiceStatus is one service on one host, as GET /v1/status reports it.
@@ -256,7 +258,15 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 				s.fail(build, err)
 				return err
 			}
+			if isTrustError(err) {
+				s.fail(build, fmt.Errorf("refused %s before fetching a byte: %w; the live release (%s) is untouched", build, err, orNone(s.store.Current())))
+				return err
+			}
 			return fmt.Errorf("%w: %v", errRetry, err)
+		}
+		if err := s.checkSpace(m); err != nil {
+			s.fail(build, fmt.Errorf("refused %s before fetching: %w; the live release (%s) is untouched", build, err, orNone(s.store.Current())))
+			return err
 		}
 		fetch := s.fetch
 		if s.a.cfg.Fetch == FetchOrigin {
@@ -266,7 +276,11 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 			return err
 		}
 		s.to(core.StateVerifying, build, "")
-		if err := s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256); err != nil {
+		st, err := s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256, s.limits(m))
+		if st.SpecialBitsDropped > 0 {
+			s.log.Warn().Str("build", build).Int("entries", st.SpecialBitsDropped).Msg("dropped setuid/setgid/sticky bits (set allow_setuid for this service to keep them)")
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -308,27 +322,69 @@ func orNone(b string) string {
 	return b
 }
 
-// manifest reads a build's manifest. Consul is the authority; the local
-// copy (kept for re-seeding after a restart) is used only while Consul
-// cannot be reached.
+// manifest reads a build's manifest and checks its signature. Consul is
+// the authority; the local copy (kept for re-seeding after a restart) is
+// used only while Consul cannot be reached, and is checked the same way.
 func (s *service) manifest(ctx context.Context, build string) (*core.Manifest, error) {
 	m, err := s.a.sig.Manifest(ctx, s.name, build)
 	if err != nil {
 		if errors.Is(err, signal.ErrNotFound) || errors.Is(err, core.ErrInvalidManifest) {
 			return nil, err
 		}
-		if b, rerr := os.ReadFile(s.a.manifestPath(s.name, build)); rerr == nil {
-			if lm, lerr := core.UnmarshalManifest(b); lerr == nil {
-				s.log.Warn().Err(err).Str("build", build).Msg("consul unreachable; using the local copy of the manifest")
-				return lm, nil
-			}
+		b, rerr := os.ReadFile(s.a.manifestPath(s.name, build))
+		if rerr != nil {
+			return nil, err
 		}
+		lm, lerr := core.UnmarshalManifest(b)
+		if lerr != nil {
+			return nil, err
+		}
+		s.log.Warn().Err(err).Str("build", build).Msg("consul unreachable; using the local copy of the manifest")
+		m = lm
+	}
+	if m.Service != s.name || m.Build != build {
+		return nil, fmt.Errorf("%w: manifest for %s/%s names %s/%s", core.ErrInvalidManifest, s.name, build, m.Service, m.Build)
+	}
+	if err := s.a.checkTrust(m); err != nil {
 		return nil, err
 	}
 	if err := s.a.saveManifest(m); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+func isTrustError(err error) bool {
+	return errors.Is(err, trust.ErrUnsigned) || errors.Is(err, trust.ErrUntrustedKey) || errors.Is(err, trust.ErrBadSignature)
+}
+
+// limits bounds what m's archive may unpack to on this host: what the
+// signed manifest declares, within the agent's ceilings.
+func (s *service) limits(m *core.Manifest) swap.Limits {
+	lim := swap.Limits{MaxBytes: s.a.cfg.MaxUnpackedBytes, MaxEntries: s.a.cfg.MaxEntries, AllowSpecialBits: s.cfg.AllowSetuid}
+	if len(m.Signature) > 0 || m.UnpackedSize > 0 || m.Files > 0 { // an old unsigned dev-mode manifest declares nothing
+		lim.MaxBytes, lim.MaxEntries = min(lim.MaxBytes, m.UnpackedSize), min(lim.MaxEntries, m.Files)
+	}
+	return lim
+}
+
+// checkSpace refuses a build the data dir cannot hold: the rest of its
+// archive plus its unpacked tree.
+func (s *service) checkSpace(m *core.Manifest) error {
+	need := m.UnpackedSize + m.Size - allocated(s.a.swarm.ArchivePath(m.Service, m.Build))
+	return swap.CheckFree(s.a.cfg.DataDir, need, fmt.Sprintf("%s/%s (%d byte archive, %d bytes unpacked)", m.Service, m.Build, m.Size, m.UnpackedSize))
+}
+
+// allocated is the disk space a file already takes (0 if absent).
+func allocated(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return min(st.Blocks*512, fi.Size())
+	}
+	return fi.Size()
 }
 
 // fetch pulls m's archive from the swarm, reporting progress every second.

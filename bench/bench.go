@@ -304,8 +304,12 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	}
 	quiesce()
 	origin := f.Agents[0]
-	var m core.Manifest
-	if err := api(origin.API).Do(ctx, "POST", "/v1/publish", agent.PublishRequest{Service: service, Build: build, Dir: src}, &m); err != nil {
+	key, err := f.Secrets.Signer()
+	if err != nil {
+		return res, err
+	}
+	m, _, err := api(f, origin).Publish(ctx, agent.PublishRequest{Service: service, Build: build, Dir: src}, key)
+	if err != nil {
 		return res, fmt.Errorf("bench: publish: %w", err)
 	}
 	cpu0 := cpuSeconds(f)

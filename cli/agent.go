@@ -14,12 +14,13 @@ import (
 type agentFlags struct {
 	config, node, dataDir, bind, api, consul, token, gossip string
 	logFormat, logLevel, fetch                              string
+	apiToken, peerAPI, gossipKey                            string
 	gossipPort, torrentPort, healthRetries, keep, maxPeers  int
-	join, services                                          listFlag
+	join, services, trustedKeys, publishRoots               listFlag
 	drain, activate, healthCmd, healthURL                   string
 	hookTimeout, healthInterval, peerRefresh                time.Duration
 	up, down                                                sizeFlag
-	pprof                                                   bool
+	pprof, insecureDev, allowSetuid                         bool
 }
 
 func runAgent(ctx context.Context, env Env, args []string) error {
@@ -32,7 +33,14 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.node, "node", "", "unique node name in the cluster (required)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "absolute directory for archives, releases and state (required)")
 	fs.StringVar(&f.bind, "bind", "", "IP address to listen on and advertise (required)")
-	fs.StringVar(&f.api, "api", "", "local HTTP API address (default <bind>:7070)")
+	fs.StringVar(&f.api, "api", "", "control API: loopback host:port or unix:/path (default <bind>:7070 if bind is loopback, else 127.0.0.1:7070)")
+	fs.StringVar(&f.apiToken, "api-token", "", "control API token, or @FILE (required if --api is not loopback; default $SHOAL_API_TOKEN)")
+	fs.StringVar(&f.peerAPI, "peer-api", "", "peer API address, members only (default <bind>:7071)")
+	fs.StringVar(&f.gossipKey, "gossip-key", "", "gossip key from `shoal keygen --gossip`, or @FILE (default $SHOAL_GOSSIP_KEY)")
+	fs.Var(&f.trustedKeys, "trusted-key", "public key whose signed builds run here, or @FILE (repeatable)")
+	fs.BoolVar(&f.insecureDev, "insecure-dev", false, "accept unsigned builds and plain gossip (a laptop only; says so everywhere)")
+	fs.Var(&f.publishRoots, "publish-root", "only publish directories under this one (repeatable)")
+	fs.BoolVar(&f.allowSetuid, "allow-setuid", false, "keep setuid/setgid/sticky bits from builds of the --service(s)")
 	fs.StringVar(&f.consul, "consul", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&f.token, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
 	fs.Var(&f.join, "join", "gossip address of an existing member (repeatable, or comma-separated)")
@@ -98,6 +106,12 @@ func (f *agentFlags) build() (agent.Config, error) {
 	set(&cfg.Consul.Token, f.token)
 	set(&cfg.Swarm.Gossip, f.gossip)
 	set(&cfg.Fetch, f.fetch)
+	set(&cfg.APIToken, f.apiToken)
+	set(&cfg.PeerAPI, f.peerAPI)
+	set(&cfg.GossipKey, f.gossipKey)
+	cfg.TrustedKeys = append(cfg.TrustedKeys, f.trustedKeys...)
+	cfg.PublishRoots = append(cfg.PublishRoots, f.publishRoots...)
+	cfg.InsecureDev = cfg.InsecureDev || f.insecureDev
 	cfg.Pprof = cfg.Pprof || f.pprof
 	if len(f.join) > 0 {
 		cfg.Swarm.Join = f.join
@@ -142,6 +156,7 @@ func (f *agentFlags) build() (agent.Config, error) {
 		if f.keep != 0 {
 			sc.KeepReleases = f.keep
 		}
+		sc.AllowSetuid = sc.AllowSetuid || f.allowSetuid
 		cfg.Services[name] = sc
 	}
 	return cfg, cfg.Finish()

@@ -2,14 +2,28 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"time"
 
 	"github.com/shoal-deploy/shoal/agent"
 	"github.com/shoal-deploy/shoal/signal"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
-func newAPI(addr string, timeout time.Duration) *agent.Client { return agent.NewClient(addr, timeout) }
+// newAPI is a client for the agent's control API at addr, with the token
+// from $SHOAL_API_TOKEN (the token itself, or @file) if set.
+func newAPI(env Env, addr string, timeout time.Duration) (*agent.Client, error) {
+	c := agent.NewClient(addr, timeout)
+	if v := env.Getenv("SHOAL_API_TOKEN"); v != "" {
+		tok, err := trust.ReadValue(v)
+		if err != nil {
+			return nil, fmt.Errorf("SHOAL_API_TOKEN: %w", err)
+		}
+		c.WithToken(tok)
+	}
+	return c, nil
+}
 
 // consulFlags adds --consul and --consul-token to a command.
 type consulFlags struct{ addr, token, prefix string }

@@ -39,6 +39,7 @@ func commands() []command {
 		{"rollback", "make the previous build the desired release again (no bytes move)", runRollback},
 		{"status", "show every host of the fleet: state, builds, progress, peers", runStatus},
 		{"builds", "list the published builds of a service", runBuilds},
+		{"keygen", "make a signing key pair, a gossip key or a control API token", runKeygen},
 		{"validate", "check an agent config file and exit", runValidate},
 		{"bench", "measure fleet-wide pull time on a local fleet (p2p vs origin, against T*)", runBench},
 		{"version", "print the version", runVersion},
@@ -85,7 +86,8 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun `shoal <command> --help` for its flags.")
-	fmt.Fprintln(w, "Environment: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_* TLS variables; SHOAL_API (agent API address).")
+	fmt.Fprintln(w, "Environment: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_* TLS variables; SHOAL_API (agent control API address),")
+	fmt.Fprintln(w, "SHOAL_API_TOKEN (its token), SHOAL_SIGNING_KEY (publish), SHOAL_GOSSIP_KEY (agent).")
 }
 
 // newFlags makes a flag set whose --help prints the synopsis, the

@@ -18,9 +18,12 @@ func versionString() string { return agent.Version }
 // HostRow is one host's view of one service, as `shoal status --json` prints it.
 type HostRow struct {
 	Node    string               `json:"node"`
-	API     string               `json:"api,omitempty"`
 	Error   string               `json:"error,omitempty"`
 	Service *agent.ServiceStatus `json:"service,omitempty"`
+	// Insecure: the host runs in dev mode (unsigned builds, plain gossip).
+	Insecure bool `json:"insecure_dev,omitempty"`
+	// Banned lists peers this host banned for sending corrupt pieces.
+	Banned []string `json:"banned_peers,omitempty"`
 }
 
 func runStatus(ctx context.Context, env Env, args []string) error {
@@ -46,7 +49,10 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	if len(pos) == 1 {
 		service = pos[0]
 	}
-	c := newAPI(*api, 10*time.Second)
+	c, err := newAPI(env, *api, 10*time.Second)
+	if err != nil {
+		return err
+	}
 	if !*wait && !*watch {
 		rows, err := fleetRows(ctx, c, service)
 		if err != nil {
@@ -106,13 +112,13 @@ func fleetRows(ctx context.Context, c *agent.Client, service string) ([]HostRow,
 	var rows []HostRow
 	for _, h := range fleet {
 		if h.Status == nil {
-			rows = append(rows, HostRow{Node: h.Member.Name, API: h.Member.API, Error: h.Error})
+			rows = append(rows, HostRow{Node: h.Member.Name, Error: h.Error})
 			continue
 		}
 		for i := range h.Status.Services {
 			s := h.Status.Services[i]
 			if service == "" || s.Service == service {
-				rows = append(rows, HostRow{Node: h.Member.Name, API: h.Member.API, Service: &s})
+				rows = append(rows, HostRow{Node: h.Member.Name, Service: &s, Insecure: h.Status.Insecure, Banned: h.Status.BannedPeers})
 			}
 		}
 	}
@@ -193,7 +199,13 @@ func printRows(w io.Writer, rows []HostRow, asJSON bool) error {
 		if s.Phase != "" {
 			state += "/" + s.Phase
 		}
+		if r.Insecure {
+			state += " [INSECURE-DEV]"
+		}
 		errText := s.LastError
+		if len(r.Banned) > 0 {
+			errText = strings.TrimPrefix(errText+"; banned for corrupt pieces: "+strings.Join(r.Banned, ", "), "; ")
+		}
 		if len(errText) > 120 {
 			errText = errText[:117] + "..."
 		}

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 // Consul is a running dev-mode Consul agent.
@@ -130,6 +132,88 @@ type AgentSpec struct {
 	Wrap []string
 	// Gossip is the gossip profile, default "local" (fast failure detection).
 	Gossip string
+	// Secrets are the fleet's keys; nil runs the agent with --insecure-dev.
+	Secrets *Secrets
+}
+
+// Secrets are the files of a fleet's keys, as `shoal keygen` writes them.
+type Secrets struct {
+	// SigningKey signs builds (for `shoal publish --key @…`); PublicKey is
+	// what every agent trusts.
+	SigningKey, PublicKey string
+	// GossipKey encrypts gossip and keys the peer API's MAC.
+	GossipKey string
+	// APIToken guards control APIs that are not on loopback.
+	APIToken string
+}
+
+// MakeSecrets writes a fresh signing key pair, gossip key and API token under dir.
+func MakeSecrets(dir string) (*Secrets, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	k, err := trust.GenerateSigningKey()
+	if err != nil {
+		return nil, err
+	}
+	g, err := trust.GenerateGossipKey()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := trust.GenerateGossipKey() // 32 random bytes in base64 make a fine token
+	if err != nil {
+		return nil, err
+	}
+	s := &Secrets{SigningKey: filepath.Join(dir, "signing.key"), PublicKey: filepath.Join(dir, "signing.pub"),
+		GossipKey: filepath.Join(dir, "gossip.key"), APIToken: filepath.Join(dir, "api.token")}
+	for path, v := range map[string]string{s.SigningKey: k.String(), s.PublicKey: k.Public().String(), s.GossipKey: g, s.APIToken: tok} {
+		if err := trust.WriteSecret(path, v); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// agentArgs are the flags that give an agent on ip the fleet's keys.
+func (s *Secrets) agentArgs(ip string) []string {
+	if s == nil {
+		return []string{"--insecure-dev"}
+	}
+	args := []string{"--gossip-key", "@" + s.GossipKey, "--trusted-key", "@" + s.PublicKey}
+	if a := net.ParseIP(ip); a == nil || !a.IsLoopback() {
+		args = append(args, "--api-token", "@"+s.APIToken)
+	}
+	return args
+}
+
+// Token is the control API token ("" without secrets).
+func (s *Secrets) Token() string {
+	if s == nil {
+		return ""
+	}
+	b, _ := os.ReadFile(s.APIToken)
+	return strings.TrimSpace(string(b))
+}
+
+// Signer is the fleet's signing key (nil without secrets).
+func (s *Secrets) Signer() (*trust.SigningKey, error) {
+	if s == nil {
+		return nil, nil
+	}
+	v, err := trust.ReadValue("@" + s.SigningKey)
+	if err != nil {
+		return nil, err
+	}
+	k, err := trust.ParseSigningKey(v)
+	return &k, err
+}
+
+// Env is what a CLI run needs: the signing key and the API token.
+func (s *Secrets) Env() []string {
+	if s == nil {
+		return nil
+	}
+	return []string{"SHOAL_SIGNING_KEY=@" + s.SigningKey, "SHOAL_API_TOKEN=@" + s.APIToken}
 }
 
 // Agent is a running `shoal agent` process.
@@ -170,6 +254,7 @@ func (a *Agent) start(ctx context.Context, bin, consul string) error {
 	if len(a.Spec.Join) > 0 {
 		args = append(args, "--join", strings.Join(a.Spec.Join, ","))
 	}
+	args = append(args, a.Spec.Secrets.agentArgs(a.Spec.IP)...)
 	args = append(args, a.Spec.Args...)
 	argv := append(append(append([]string{}, a.Spec.Wrap...), bin), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -227,7 +312,9 @@ type Fleet struct {
 	Dir    string
 	Consul *Consul
 	Agents []*Agent
-	keep   bool
+	// Secrets are the fleet's keys (nil in insecure dev mode).
+	Secrets *Secrets
+	keep    bool
 }
 
 // Options for Start.
@@ -243,6 +330,10 @@ type Options struct {
 	Dir string
 	// Args returns extra agent flags for agent i (0-based); may be nil.
 	Args func(i int) []string
+	// InsecureDev runs the fleet without keys (agents get --insecure-dev).
+	// Otherwise Start makes a signing key pair, a gossip key and an API
+	// token under Dir/secrets and hands them to every agent and CLI run.
+	InsecureDev bool
 	// Env is extra environment for every agent.
 	Env []string
 	// IP, if set, gives agent i's address instead of Net.
@@ -276,6 +367,11 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 	if o.ConsulIP == "" {
 		o.ConsulIP = "127.0.0.1"
 	}
+	if !o.InsecureDev {
+		if f.Secrets, err = MakeSecrets(filepath.Join(f.Dir, "secrets")); err != nil {
+			return f, fmt.Errorf("fleet: keys: %w", err)
+		}
+	}
 	if f.Consul, err = StartConsulOn(ctx, o.ConsulBin, filepath.Join(f.Dir, "consul"), o.ConsulIP, o.ConsulWrap); err != nil {
 		return f, err
 	}
@@ -285,7 +381,7 @@ func Start(ctx context.Context, o Options) (f *Fleet, err error) {
 	}
 	specs := make([]AgentSpec, o.N)
 	for i := range specs {
-		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: ip(i), Env: o.Env, Gossip: o.Gossip}
+		spec := AgentSpec{Node: fmt.Sprintf("host-%d", i+1), IP: ip(i), Env: o.Env, Gossip: o.Gossip, Secrets: f.Secrets}
 		spec.DataDir = filepath.Join(f.Dir, spec.Node)
 		if i > 0 {
 			spec.Join = []string{ip(0)}
@@ -345,7 +441,7 @@ func (f *Fleet) Stop() {
 // agent 0's API in the environment) and returns its stdout.
 func (f *Fleet) Shoal(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, f.Bin, args...)
-	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+f.Consul.Addr, "SHOAL_API="+f.Agents[0].API)
+	cmd.Env = append(append(os.Environ(), "CONSUL_HTTP_ADDR="+f.Consul.Addr, "SHOAL_API="+f.Agents[0].API), f.Secrets.Env()...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -101,14 +101,17 @@ var (
 
 // Limits bound what one archive may unpack to.
 type Limits struct {
-	// MaxBytes caps the total size of regular files; 0 means no cap.
+	// MaxBytes caps the total size of regular files; negative means no cap.
 	MaxBytes int64
-	// MaxEntries caps the number of entries; 0 means no cap.
+	// MaxEntries caps the number of entries; negative means no cap.
 	MaxEntries int
 	// AllowSpecialBits keeps setuid, setgid and sticky bits; otherwise
 	// they are dropped (the file is still unpacked).
 	AllowSpecialBits bool
 }
+
+// NoLimits caps nothing (tests, and archives this host packed itself).
+var NoLimits = Limits{MaxBytes: -1, MaxEntries: -1}
 
 // Stats counts what an archive held.
 type Stats struct {
@@ -149,7 +152,7 @@ func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
 			return st, fmt.Errorf("swap: unpack: %w", err)
 		}
 		st.Entries++
-		if lim.MaxEntries > 0 && st.Entries > lim.MaxEntries {
+		if lim.MaxEntries >= 0 && st.Entries > lim.MaxEntries {
 			return st, fmt.Errorf("swap: unpack: %w: more than %d entries", ErrArchiveLimit, lim.MaxEntries)
 		}
 		name, err := entryName(root, h)
@@ -173,7 +176,7 @@ func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
 				return st, fmt.Errorf("swap: unpack: %w: %q has size %d", ErrUnsafeArchive, h.Name, h.Size)
 			}
 			st.Bytes += h.Size
-			if lim.MaxBytes > 0 && st.Bytes > lim.MaxBytes {
+			if lim.MaxBytes >= 0 && st.Bytes > lim.MaxBytes {
 				return st, fmt.Errorf("swap: unpack: %w: more than the %d bytes declared", ErrArchiveLimit, lim.MaxBytes)
 			}
 			// O_EXCL: never through an existing entry, dangling symlinks included.

@@ -139,29 +139,31 @@ func TestInstallRefusesHostileArchives(t *testing.T) {
 		lim     Limits
 		want    error
 	}{
-		{"escape by ..", func() []byte { return craft(t, []entry{reg("../../outside/evil", "x", 0o644)}) }, Limits{}, ErrUnsafeArchive},
-		{"absolute path", func() []byte { return craft(t, []entry{reg(filepath.Join(outside, "evil"), "x", 0o644)}) }, Limits{}, ErrUnsafeArchive},
-		{"symlink then entry", func() []byte { return craft(t, []entry{link("l", outside), reg("l/evil", "x", 0o644)}) }, Limits{}, ErrUnsafeArchive},
+		{"escape by ..", func() []byte { return craft(t, []entry{reg("../../outside/evil", "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"absolute path", func() []byte { return craft(t, []entry{reg(filepath.Join(outside, "evil"), "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"symlink then entry", func() []byte { return craft(t, []entry{link("l", outside), reg("l/evil", "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
 		{"relative symlink then entry", func() []byte {
 			return craft(t, []entry{link("l", "../../../outside"), reg("l/evil", "x", 0o644)})
-		}, Limits{}, ErrUnsafeArchive},
-		{"symlink then overwrite", func() []byte { return craft(t, []entry{link("v", victim), reg("v", "pwned", 0o644)}) }, Limits{}, ErrUnsafeArchive},
-		{"symlink then directory chmod", func() []byte { return craft(t, []entry{link("a", outside), dir("a/", 0o777)}) }, Limits{}, ErrUnsafeArchive},
+		}, NoLimits, ErrUnsafeArchive},
+		{"symlink then overwrite", func() []byte { return craft(t, []entry{link("v", victim), reg("v", "pwned", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"symlink then directory chmod", func() []byte { return craft(t, []entry{link("a", outside), dir("a/", 0o777)}) }, NoLimits, ErrUnsafeArchive},
 		{"hardlink", func() []byte {
 			return craft(t, []entry{{h: tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: victim}}})
-		}, Limits{}, ErrUnsafeArchive},
+		}, NoLimits, ErrUnsafeArchive},
 		{"device", func() []byte {
 			return craft(t, []entry{{h: tar.Header{Name: "null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3}}})
-		}, Limits{}, ErrUnsafeArchive},
-		{"fifo", func() []byte { return craft(t, []entry{{h: tar.Header{Name: "p", Typeflag: tar.TypeFifo, Mode: 0o644}}}) }, Limits{}, ErrUnsafeArchive},
-		{"sparse bomb", func() []byte { return oldGNUSparseBomb(t, "bomb", 10<<30) }, Limits{}, ErrUnsafeArchive},
+		}, NoLimits, ErrUnsafeArchive},
+		{"fifo", func() []byte {
+			return craft(t, []entry{{h: tar.Header{Name: "p", Typeflag: tar.TypeFifo, Mode: 0o644}}})
+		}, NoLimits, ErrUnsafeArchive},
+		{"sparse bomb", func() []byte { return oldGNUSparseBomb(t, "bomb", 10<<30) }, NoLimits, ErrUnsafeArchive},
 		{"more bytes than declared", func() []byte {
 			return craft(t, []entry{reg("a", strings.Repeat("a", 600), 0o644), reg("b", strings.Repeat("b", 600), 0o644)})
-		}, Limits{MaxBytes: 1000}, ErrArchiveLimit},
+		}, Limits{MaxBytes: 1000, MaxEntries: -1}, ErrArchiveLimit},
 		{"more entries than declared", func() []byte {
 			return craft(t, []entry{reg("a", "1", 0o644), reg("b", "2", 0o644), reg("c", "3", 0o644)})
-		}, Limits{MaxEntries: 2}, ErrArchiveLimit},
-		{"duplicate entry", func() []byte { return craft(t, []entry{reg("a", "1", 0o644), reg("a", "2", 0o644)}) }, Limits{}, ErrUnsafeArchive},
+		}, Limits{MaxBytes: -1, MaxEntries: 2}, ErrArchiveLimit},
+		{"duplicate entry", func() []byte { return craft(t, []entry{reg("a", "1", 0o644), reg("a", "2", 0o644)}) }, NoLimits, ErrUnsafeArchive},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -214,7 +216,7 @@ func TestUnpackSpecialBits(t *testing.T) {
 	})
 	for _, allow := range []bool{false, true} {
 		dst := t.TempDir()
-		st, err := Unpack(bytes.NewReader(b), dst, Limits{AllowSpecialBits: allow})
+		st, err := Unpack(bytes.NewReader(b), dst, Limits{MaxBytes: -1, MaxEntries: -1, AllowSpecialBits: allow})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -244,7 +246,7 @@ func TestUnpackSpecialBits(t *testing.T) {
 func TestUnpackKeepsOutwardSymlinks(t *testing.T) {
 	dst := t.TempDir()
 	b := craft(t, []entry{{h: tar.Header{Name: "certs", Typeflag: tar.TypeSymlink, Linkname: "/etc/ssl/certs"}}})
-	if _, err := Unpack(bytes.NewReader(b), dst, Limits{}); err != nil {
+	if _, err := Unpack(bytes.NewReader(b), dst, NoLimits); err != nil {
 		t.Fatal(err)
 	}
 	if l, err := os.Readlink(filepath.Join(dst, "certs")); err != nil || l != "/etc/ssl/certs" {

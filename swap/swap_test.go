@@ -99,7 +99,7 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 			}
 		}
 		tw.Close()
-		_, err := Unpack(&buf, t.TempDir(), Limits{})
+		_, err := Unpack(&buf, t.TempDir(), NoLimits)
 		if !errors.Is(err, ErrUnsafeArchive) {
 			t.Errorf("%s: got %v, want ErrUnsafeArchive", name, err)
 		}
@@ -122,7 +122,7 @@ func install(t *testing.T, s *Store, build string) {
 	mkTree(t, src, build)
 	arch := filepath.Join(t.TempDir(), build+".tar")
 	sum := packFile(t, src, arch)
-	if _, err := s.Install(context.Background(), build, arch, sum, Limits{}); err != nil {
+	if _, err := s.Install(context.Background(), build, arch, sum, NoLimits); err != nil {
 		t.Fatalf("install %s: %v", build, err)
 	}
 }
@@ -133,7 +133,7 @@ func TestInstallVerifyFailureLeavesNothing(t *testing.T) {
 	mkTree(t, src, "v1")
 	arch := filepath.Join(t.TempDir(), "v1.tar")
 	packFile(t, src, arch)
-	_, err := s.Install(context.Background(), "v1", arch, strings.Repeat("0", 64), Limits{})
+	_, err := s.Install(context.Background(), "v1", arch, strings.Repeat("0", 64), NoLimits)
 	if !errors.Is(err, ErrVerifyFailed) {
 		t.Fatalf("got %v, want ErrVerifyFailed", err)
 	}
@@ -164,7 +164,7 @@ func TestInstallCorruptArchiveFailsVerification(t *testing.T) {
 	if err := os.WriteFile(arch, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.Install(context.Background(), "v1", arch, sum, Limits{})
+	_, err = s.Install(context.Background(), "v1", arch, sum, NoLimits)
 	if !errors.Is(err, ErrVerifyFailed) {
 		t.Fatalf("got %v, want ErrVerifyFailed", err)
 	}

@@ -23,9 +23,14 @@ type Config struct {
 	// Join lists gossip addresses (host or host:port) of any existing
 	// members. Empty: this node starts a cluster of its own.
 	Join []string `json:"join,omitempty"`
-	// APIAddr is the agent's HTTP API address, advertised to the cluster so
-	// `shoal status` can reach every host through any one of them.
-	APIAddr string `json:"-"`
+	// PeerAPIAddr is the agent's peer API address (piece ranges, the
+	// origin's hand-out, fleet status), advertised to the cluster. Members
+	// reach it on the member's gossip IP only.
+	PeerAPIAddr string `json:"-"`
+	// SecretKey encrypts and authenticates gossip (memberlist's AES key,
+	// 16/24/32 bytes) and keys the MAC on peer API requests. Nil only in
+	// dev mode: then any process that can reach the gossip port can join.
+	SecretKey []byte `json:"-"`
 	// DataDir holds the build archives and the piece-completion database.
 	DataDir string `json:"-"`
 	// UploadRate and DownloadRate cap chunk traffic in bytes per second; 0 is unlimited.

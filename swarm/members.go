@@ -22,8 +22,8 @@ type Member struct {
 	Gossip string `json:"gossip"`
 	// Torrent is where the host serves pieces.
 	Torrent string `json:"torrent,omitempty"`
-	// API is the host's agent API address.
-	API string `json:"api,omitempty"`
+	// PeerAPI is the host's peer API address, as it advertises it.
+	PeerAPI string `json:"peer_api,omitempty"`
 	// State is alive, suspect, dead or left.
 	State string `json:"state"`
 }
@@ -31,7 +31,7 @@ type Member struct {
 // nodeMeta is gossiped with every member; memberlist caps it at 512 bytes.
 type nodeMeta struct {
 	Torrent string `json:"t"`
-	API     string `json:"a,omitempty"`
+	PeerAPI string `json:"p,omitempty"`
 }
 
 // delegate answers memberlist. It must never call back into Members():
@@ -39,7 +39,7 @@ type nodeMeta struct {
 type delegate struct{ s *Swarm }
 
 func (d delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(nodeMeta{Torrent: d.s.TorrentAddr(), API: d.s.cfg.APIAddr})
+	b, _ := json.Marshal(nodeMeta{Torrent: d.s.TorrentAddr(), PeerAPI: d.s.cfg.PeerAPIAddr})
 	if len(b) > limit {
 		// Addresses are short; this is a programming error, not an input error.
 		panic(fmt.Sprintf("swarm: node meta %d bytes exceeds memberlist's %d", len(b), limit))
@@ -53,6 +53,7 @@ func (delegate) MergeRemoteState([]byte, bool)   {}
 
 func (d delegate) NotifyJoin(n *memberlist.Node) {
 	d.s.log.Info().Str("peer", n.Name).Str("addr", n.Address()).Msg("member joined")
+	d.s.allowIP(n.Addr)
 	select {
 	case d.s.nudge <- struct{}{}:
 	default:
@@ -82,6 +83,12 @@ func (s *Swarm) startGossip() error {
 	mc.BindPort = s.cfg.GossipPort
 	mc.AdvertiseAddr = s.cfg.BindAddr
 	mc.AdvertisePort = s.cfg.GossipPort
+	if len(s.cfg.SecretKey) > 0 {
+		// Encrypt and authenticate every gossip packet; a process without
+		// the key can neither join nor read the membership.
+		mc.SecretKey = s.cfg.SecretKey
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	mc.Delegate = delegate{s}
 	mc.Events = delegate{s}
 	s.logw = logWriter(s.log)
@@ -101,12 +108,34 @@ func (s *Swarm) Members() []Member {
 		m := Member{Name: n.Name, Gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: stateName(n.State)}
 		var meta nodeMeta
 		if json.Unmarshal(n.Meta, &meta) == nil {
-			m.Torrent, m.API = meta.Torrent, meta.API
+			m.Torrent, m.PeerAPI = meta.Torrent, meta.PeerAPI
 		}
 		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// Member returns the named member as this host sees it.
+func (s *Swarm) Member(name string) (Member, bool) {
+	for _, m := range s.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// PeerAPIURL is the base URL of m's peer API, on m's gossip IP whatever
+// address m advertises ("" if m advertises none): a member cannot send
+// this host's requests (and their credentials) to a third party.
+func PeerAPIURL(m Member) string {
+	gh, _, err1 := net.SplitHostPort(m.Gossip)
+	_, port, err2 := net.SplitHostPort(m.PeerAPI)
+	if m.PeerAPI == "" || err1 != nil || err2 != nil {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(gh, port)
 }
 
 func stateName(s memberlist.NodeStateType) string {

@@ -220,6 +220,7 @@ func (s *Swarm) askNext(ctx context.Context, url string) (int, bool, error) {
 	if err != nil {
 		return 0, false, err
 	}
+	s.auth.Sign(req)
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return 0, false, err
@@ -279,6 +280,7 @@ func (s *Swarm) getRange(ctx context.Context, url string, off int64, dst []byte)
 		return err
 	}
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1))
+	s.auth.Sign(req) // after Range: the MAC covers it
 	resp, err := s.http.Do(req)
 	if err != nil {
 		return err

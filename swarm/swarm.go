@@ -31,6 +31,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
+
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 // Sentinel errors; check with errors.Is.
@@ -49,10 +51,14 @@ type Swarm struct {
 	cl  *torrent.Client
 	pc  storage.PieceCompletion
 
-	nudge chan struct{} // a member joined: offer peers now
-	up    *rate.Limiter // nil: uploads unlimited
-	down  *rate.Limiter // nil: downloads unlimited
-	http  *http.Client
+	guard *ipGuard        // only members' IPs reach the engine
+	auth  *trust.PeerAuth // signs and checks peer API requests
+	nudge chan struct{}   // a member joined: offer peers now
+	up    *rate.Limiter   // nil: uploads unlimited
+	down  *rate.Limiter   // nil: downloads unlimited
+	http     *http.Client // to members, from the bind address; 2 min limit
+	httpLong *http.Client // the same without a time limit (whole archives)
+	dialer   *net.Dialer  // from the bind address
 	// originURL locates a build's archive on its origin (see slice.go).
 	originURL OriginURL
 	logw      *io.PipeWriter
@@ -83,10 +89,21 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1),
+	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1), guard: newIPGuard(),
+		auth:      trust.NewPeerAuth(cfg.SecretKey, cfg.Node),
 		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.http = &http.Client{Timeout: 2 * time.Minute}
+	// Every connection to a member leaves from the bind address: members
+	// admit only each other's gossip IPs, and a host's default source
+	// address (127.0.0.1 on loopback, the primary IP on a multi-homed host)
+	// may not be it.
+	bindIP := net.ParseIP(cfg.BindAddr)
+	s.dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: bindIP}, Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil // members talk directly, never through $HTTP_PROXY
+	tr.DialContext = s.dialer.DialContext
+	s.http = &http.Client{Timeout: 2 * time.Minute, Transport: tr}
+	s.httpLong = &http.Client{Transport: tr}
 	archives := filepath.Join(cfg.DataDir, "archives")
 	if err := os.MkdirAll(archives, 0o755); err != nil {
 		return nil, fmt.Errorf("swarm: %w", err)
@@ -109,6 +126,9 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.NoDHT, tc.DisableTrackers, tc.DisablePEX, tc.NoDefaultPortForwarding = true, true, true, true
 	tc.DisableUTP, tc.DisableIPv6, tc.DisableWebtorrent, tc.DisableWebseeds = true, true, true, true
 	tc.Seed = true
+	tc.DialForPeerConns = false // the engine's own dialer leaves from any address; ours from the bind address (added below)
+	tc.IPBlocklist = s.guard // members only, both ways
+	s.guard.set([]netip.Addr{netip.MustParseAddr(cfg.BindAddr)})
 	// The engine considers pieces for requests in order (rarest first) and
 	// stops once the pieces considered add up to MaxUnverifiedBytes (64 MiB
 	// by default). Early in a deploy the rarest pieces are the ones no peer
@@ -148,6 +168,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 		pc.Close()
 		return nil, fmt.Errorf("swarm: chunk transfer listener on %s:%d: %w", cfg.BindAddr, cfg.TorrentPort, err)
 	}
+	s.cl.AddDialer(torrent.NetworkDialer{Network: "tcp", Dialer: s.dialer})
 	if err := s.startGossip(); err != nil {
 		s.cl.Close()
 		pc.Close()
@@ -229,20 +250,26 @@ func (s *Swarm) join() {
 func (s *Swarm) refreshPeers() {
 	members := s.Members()
 	names := make(map[torrent.PeerID]string, len(members))
+	ips := []netip.Addr{netip.MustParseAddr(s.cfg.BindAddr)}
 	var peers []torrent.PeerInfo
 	for _, m := range members {
 		names[PeerIDFor(m.Name)] = m.Name
+		gp, err := netip.ParseAddrPort(m.Gossip)
+		if err != nil || (m.State != "alive" && m.State != "suspect") {
+			continue
+		}
+		ips = append(ips, gp.Addr())
 		if m.Name == s.cfg.Node || m.Torrent == "" {
 			continue
 		}
 		ap, err := netip.ParseAddrPort(m.Torrent)
-		if err != nil {
-			continue
+		if err != nil || ap.Addr().Unmap() != gp.Addr().Unmap() {
+			continue // a member's pieces come from its own address, nowhere else
 		}
-		peers = append(peers, torrent.PeerInfo{
-			Id: PeerIDFor(m.Name), Addr: addrPort{ap}, Source: torrent.PeerSourceDirect, Trusted: true,
-		})
+		// Not Trusted: a peer that sends a piece failing its hash is banned.
+		peers = append(peers, torrent.PeerInfo{Id: PeerIDFor(m.Name), Addr: addrPort{ap}, Source: torrent.PeerSourceDirect})
 	}
+	s.guard.set(ips)
 	s.mu.Lock()
 	s.names = names
 	xs := make([]*Transfer, 0, len(s.transfers))

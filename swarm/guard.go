@@ -1,0 +1,144 @@
+package swarm
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/anacrolix/torrent/iplist"
+
+	"github.com/shoal-deploy/shoal/trust"
+)
+
+// Who may talk to this host's swarm endpoints.
+//
+// Gossip: with a SecretKey, memberlist encrypts and authenticates every
+// packet, so only key holders are members. Pieces: the torrent engine
+// accepts connections from, and dials, only the IP addresses of current
+// members (ipGuard), and a peer that sends data failing its hash check is
+// banned by IP (no peer is marked trusted). Peer API: every request
+// carries a MAC keyed by the gossip key and must come from the gossip IP
+// of the member it names (AuthenticatePeer).
+
+// ipGuard plugs into the engine as its IP blocklist, turned inside out:
+// every address that is not a current member's is blocked.
+type ipGuard struct {
+	mu  sync.Mutex // serialises writers; readers load ips without it
+	ips atomic.Pointer[map[netip.Addr]struct{}]
+}
+
+func newIPGuard() *ipGuard {
+	g := &ipGuard{}
+	g.ips.Store(&map[netip.Addr]struct{}{})
+	return g
+}
+
+// Lookup blocks ip unless it is a member's. The engine calls it for every
+// connection it accepts or dials.
+func (g *ipGuard) Lookup(ip net.IP) (iplist.Range, bool) {
+	a, ok := netip.AddrFromSlice(ip)
+	if ok {
+		if _, member := (*g.ips.Load())[a.Unmap()]; member {
+			return iplist.Range{}, false
+		}
+	}
+	return iplist.Range{First: ip, Last: ip, Description: "not a fleet member"}, true
+}
+
+// NumRanges is part of iplist.Ranger.
+func (g *ipGuard) NumRanges() int { return 1 }
+
+// set replaces the allowed addresses.
+func (g *ipGuard) set(addrs []netip.Addr) {
+	m := make(map[netip.Addr]struct{}, len(addrs))
+	for _, a := range addrs {
+		m[a.Unmap()] = struct{}{}
+	}
+	g.mu.Lock()
+	g.ips.Store(&m)
+	g.mu.Unlock()
+}
+
+// add allows one more address (a member just joined).
+func (g *ipGuard) add(a netip.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old := *g.ips.Load()
+	if _, ok := old[a.Unmap()]; ok {
+		return
+	}
+	m := make(map[netip.Addr]struct{}, len(old)+1)
+	for k := range old {
+		m[k] = struct{}{}
+	}
+	m[a.Unmap()] = struct{}{}
+	g.ips.Store(&m)
+}
+
+// allowIP lets a joining member in before the next peer refresh. Safe to
+// call from a memberlist callback.
+func (s *Swarm) allowIP(ip net.IP) {
+	if a, ok := netip.AddrFromSlice(ip); ok {
+		s.guard.add(a)
+	}
+}
+
+// PeerDo sends a request to another member's peer API: signed with this
+// host's credentials, from the bind address, with no time limit but
+// req's context. Set any Range header before.
+func (s *Swarm) PeerDo(req *http.Request) (*http.Response, error) {
+	s.auth.Sign(req)
+	return s.httpLong.Do(req)
+}
+
+// AuthenticatePeer accepts a peer API request only from a current member:
+// its MAC must verify under the gossip key, the member it names must be
+// alive or suspect, and it must come from that member's gossip IP.
+func (s *Swarm) AuthenticatePeer(r *http.Request) (Member, error) {
+	node, err := s.auth.Check(r, time.Now())
+	if err != nil {
+		return Member{}, err
+	}
+	m, ok := s.Member(node)
+	if !ok || (m.State != "alive" && m.State != "suspect") {
+		return Member{}, fmt.Errorf("%w: %q is not a current member", trust.ErrPeerAuth, node)
+	}
+	rh, _, _ := net.SplitHostPort(r.RemoteAddr)
+	gh, _, _ := net.SplitHostPort(m.Gossip)
+	ra, err1 := netip.ParseAddr(rh)
+	ga, err2 := netip.ParseAddr(gh)
+	if err1 != nil || err2 != nil || ra.Unmap() != ga.Unmap() {
+		return Member{}, fmt.Errorf("%w: request for member %s came from %s, not its address %s", trust.ErrPeerAuth, node, rh, gh)
+	}
+	return m, nil
+}
+
+// BannedPeers lists the members (or bare IPs) the engine banned for
+// sending data that failed its hash check, sorted.
+func (s *Swarm) BannedPeers() []string {
+	ips := s.cl.BadPeerIPs()
+	if len(ips) == 0 {
+		return nil
+	}
+	byIP := map[string]string{}
+	for _, m := range s.Members() {
+		if h, _, err := net.SplitHostPort(m.Gossip); err == nil {
+			byIP[h] = m.Name
+		}
+	}
+	out := make([]string, 0, len(ips))
+	for _, ip := range ips {
+		if name, ok := byIP[ip]; ok {
+			out = append(out, name+" ("+ip+")")
+		} else {
+			out = append(out, ip)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
