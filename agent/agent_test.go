@@ -45,7 +45,7 @@ func TestTwoAgentsInProcess(t *testing.T) {
 			GossipKey:   gossipKey,
 			TrustedKeys: []string{key.Public().String()},
 			Swarm:       swarmCfg(ip, i),
-			Consul: signal.Config{Address: consulAddr, Prefix: prefix},
+			Consul:      signal.Config{Address: consulAddr, Prefix: prefix},
 			Services: map[string]ServiceConfig{"web": {Hooks: swap.Hooks{
 				Activate: `echo "$SHOAL_PHASE $SHOAL_BUILD" >> ` + hooksLog}}}}
 		a, err := New(cfg, zerolog.Nop())

@@ -16,7 +16,8 @@ import (
 
 // Test 4: a health check that fails on one host rolls that host back to
 // the previous release; it reports failed with the reason; others stay active.
-// Test 6 runs on the same fleet: a manifest whose SHA-256 does not match.
+// Test 6 runs on the same fleet: a signed manifest whose SHA-256 was changed
+// in Consul afterwards is refused before any byte is fetched.
 func TestHealthFailureAndBadManifest(t *testing.T) {
 	f := startFleet(t, 3, 32, func(i int) []string {
 		args := []string{"--service", "web", "--health-interval", "50ms", "--health-retries", "3"}
@@ -56,7 +57,7 @@ func TestHealthFailureAndBadManifest(t *testing.T) {
 	}
 	sameTree(t, dirs["v1"], filepath.Join(f.Agents[2].Spec.DataDir, "services", "web", "current"))
 
-	// Test 6: tamper with v3's manifest in Consul so its SHA-256 is wrong.
+	// Test 6: tamper with v3's signed manifest in Consul (its SHA-256).
 	cc, err := api.NewClient(&api.Config{Address: f.Consul.Addr})
 	if err != nil {
 		t.Fatal(err)
@@ -82,8 +83,11 @@ func TestHealthFailureAndBadManifest(t *testing.T) {
 	st, _ = waitSettled(t, f, "web")
 	for _, a := range f.Agents {
 		s := st[a.Spec.Node]
-		if s.State != core.StateFailed || !strings.Contains(s.LastError, "verification failed") {
-			t.Errorf("%s: %s %q, want failed with a verification error", a.Spec.Node, s.State, s.LastError)
+		if s.State != core.StateFailed || !strings.Contains(s.LastError, "signature does not verify") || !strings.Contains(s.LastError, "before fetching a byte") {
+			t.Errorf("%s: %s %q, want failed: signature does not verify, before fetching", a.Spec.Node, s.State, s.LastError)
+		}
+		if _, err := os.Stat(filepath.Join(a.Spec.DataDir, "archives", "web@v3.tar")); err == nil && a != f.Agents[0] {
+			t.Errorf("%s: fetched (part of) a build whose manifest was tampered with", a.Spec.Node)
 		}
 		if now, _ := os.Readlink(filepath.Join(a.Spec.DataDir, "services", "web", "current")); now != before[a.Spec.Node] {
 			t.Errorf("%s: current moved from %s to %s", a.Spec.Node, before[a.Spec.Node], now)

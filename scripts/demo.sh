@@ -41,12 +41,18 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
+say "making the fleet's keys: a build-signing key pair and a gossip key"
+"$BIN/shoal" keygen --out "$WORK/release"          # release.key signs builds, release.pub is what agents trust
+"$BIN/shoal" keygen --gossip --out "$WORK/gossip.key"
+export SHOAL_SIGNING_KEY=@$WORK/release.key          # `shoal publish` signs with it
+
 say "starting $N hosts: a shoal agent and the sample app on each of 127.0.0.2-$((N+1))"
 for i in $(seq 1 $N); do
   ip=127.0.0.$((i+1)); dir=$WORK/host-$i; mkdir -p "$dir"
   join=(); [ "$i" -gt 1 ] && join=(--join 127.0.0.2)
   "$BIN/shoal" agent --node "host-$i" --data-dir "$dir" --bind "$ip" --gossip-profile local \
     "${join[@]}" --service web --log-format json \
+    --gossip-key "@$WORK/gossip.key" --trusted-key "@$WORK/release.pub" \
     --drain "$BIN/demo-app --call drain --listen $ip:8080" \
     --activate "$BIN/demo-app --call resume --listen $ip:8080" \
     --health-url "http://$ip:8080/healthz" --health-interval 200ms \
@@ -78,7 +84,7 @@ show_apps() {
   done
 }
 
-say "publishing build v1 ($SIZE_MB MB of assets) from host-1: it packs, hashes, writes the manifest to Consul and seeds"
+say "publishing build v1 ($SIZE_MB MB of assets) from host-1: it packs and hashes, we sign, it writes the manifest to Consul and seeds"
 make_build "$WORK/src-v1" v1
 "$BIN/shoal" publish --service web --build v1 "$WORK/src-v1"
 
@@ -94,11 +100,21 @@ make_build "$WORK/src-v2" v2
 "$BIN/shoal" status web --wait
 show_apps
 
+say "publishing without the signing key is refused"
+mkdir -p "$WORK/src-evil" && echo evil > "$WORK/src-evil/index.html"
+SHOAL_SIGNING_KEY= "$BIN/shoal" publish --service web --build evil "$WORK/src-evil" 2>&1 | sed 's/^/  /' || true
+
 say "errors spiked? roll back: every host still has v1 on disk, so nothing is fetched"
 "$BIN/shoal" rollback web --reason "demo: errors spiked"
 "$BIN/shoal" status web --wait
 show_apps
 ls -l "$WORK/host-2/services/web" | sed 's/^/  /'
+
+say "someone who can write Consul but has no signing key deploys a copy of v2's manifest renamed 'evil': refused before a byte moves"
+"$BIN/consul" kv get shoal/web/builds/v2 | sed 's/"build":"v2"/"build":"evil"/' | "$BIN/consul" kv put shoal/web/builds/evil - >/dev/null
+"$BIN/shoal" deploy web evil --reason "demo: not signed by a trusted key"
+"$BIN/shoal" status web --wait 2>&1 | sed 's/^/  /' || true
+show_apps
 
 say "done: Shoal moved each build once from its origin and let the hosts feed each other"
 echo "  (agent logs are JSON lines in $WORK/host-*/agent.log; run with KEEP=1 to keep them)"

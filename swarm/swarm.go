@@ -51,14 +51,14 @@ type Swarm struct {
 	cl  *torrent.Client
 	pc  storage.PieceCompletion
 
-	guard *ipGuard        // only members' IPs reach the engine
-	auth  *trust.PeerAuth // signs and checks peer API requests
-	nudge chan struct{}   // a member joined: offer peers now
-	up    *rate.Limiter   // nil: uploads unlimited
-	down  *rate.Limiter   // nil: downloads unlimited
-	http     *http.Client // to members, from the bind address; 2 min limit
-	httpLong *http.Client // the same without a time limit (whole archives)
-	dialer   *net.Dialer  // from the bind address
+	guard    *ipGuard        // only members' IPs reach the engine
+	auth     *trust.PeerAuth // signs and checks peer API requests
+	nudge    chan struct{}   // a member joined: offer peers now
+	up       *rate.Limiter   // nil: uploads unlimited
+	down     *rate.Limiter   // nil: downloads unlimited
+	http     *http.Client    // to members, from the bind address; 2 min limit
+	httpLong *http.Client    // the same without a time limit (whole archives)
+	dialer   *net.Dialer     // from the bind address
 	// originURL locates a build's archive on its origin (see slice.go).
 	originURL OriginURL
 	logw      *io.PipeWriter
@@ -127,7 +127,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.DisableUTP, tc.DisableIPv6, tc.DisableWebtorrent, tc.DisableWebseeds = true, true, true, true
 	tc.Seed = true
 	tc.DialForPeerConns = false // the engine's own dialer leaves from any address; ours from the bind address (added below)
-	tc.IPBlocklist = s.guard // members only, both ways
+	tc.IPBlocklist = s.guard    // members only, both ways
 	s.guard.set([]netip.Addr{netip.MustParseAddr(cfg.BindAddr)})
 	// The engine considers pieces for requests in order (rarest first) and
 	// stops once the pieces considered add up to MaxUnverifiedBytes (64 MiB
