@@ -174,16 +174,14 @@ func MakeSecrets(dir string) (*Secrets, error) {
 	return s, nil
 }
 
-// agentArgs are the flags that give an agent on ip the fleet's keys.
-func (s *Secrets) agentArgs(ip string) []string {
+// agentArgs are the flags that give an agent the fleet's keys. Fleet
+// agents want the API token even on loopback (where it is optional), so
+// every test and bench run goes through the token check.
+func (s *Secrets) agentArgs() []string {
 	if s == nil {
 		return []string{"--insecure-dev"}
 	}
-	args := []string{"--gossip-key", "@" + s.GossipKey, "--trusted-key", "@" + s.PublicKey}
-	if a := net.ParseIP(ip); a == nil || !a.IsLoopback() {
-		args = append(args, "--api-token", "@"+s.APIToken)
-	}
-	return args
+	return []string{"--gossip-key", "@" + s.GossipKey, "--trusted-key", "@" + s.PublicKey, "--api-token", "@" + s.APIToken}
 }
 
 // Token is the control API token ("" without secrets).
@@ -254,7 +252,7 @@ func (a *Agent) start(ctx context.Context, bin, consul string) error {
 	if len(a.Spec.Join) > 0 {
 		args = append(args, "--join", strings.Join(a.Spec.Join, ","))
 	}
-	args = append(args, a.Spec.Secrets.agentArgs(a.Spec.IP)...)
+	args = append(args, a.Spec.Secrets.agentArgs()...)
 	args = append(args, a.Spec.Args...)
 	argv := append(append(append([]string{}, a.Spec.Wrap...), bin), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)

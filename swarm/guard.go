@@ -131,8 +131,16 @@ func (s *Swarm) BannedPeers() []string {
 			byIP[h] = m.Name
 		}
 	}
+	seen := map[string]bool{}
 	out := make([]string, 0, len(ips))
 	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			ip = a.Unmap().String() // the engine may hold one address in both forms
+		}
+		if seen[ip] {
+			continue
+		}
+		seen[ip] = true
 		if name, ok := byIP[ip]; ok {
 			out = append(out, name+" ("+ip+")")
 		} else {

@@ -114,12 +114,12 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s.pc = pc
 	tc := torrent.NewDefaultClientConfig()
-	tc.DefaultStorage = storage.NewFileOpts(storage.NewFileClientOpts{
+	tc.DefaultStorage = exactHashStorage{storage.NewFileOpts(storage.NewFileClientOpts{
 		// v1.61 logs a spurious flush warning for .part paths even with part
 		// files off; the engine's own logs are discarded (see Slogger below).
 		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(), Logger: discard,
 		TorrentDirMaker: func(base string, _ *metainfo.Info, _ metainfo.Hash) string { return base },
-	})
+	})}
 	tc.ListenHost = func(string) string { return cfg.BindAddr }
 	tc.ListenPort = cfg.TorrentPort
 	tc.PublicIp4 = net.ParseIP(cfg.BindAddr).To4()
