@@ -8,7 +8,7 @@ export CGO_ENABLED = 0
 RACE_TAGS := nosqlite,disable_libutp
 UNIT_PKGS := ./core/... ./signal/... ./swap/... ./swarm/... ./agent/... ./cli/... ./fleet/... ./bench/...
 
-.PHONY: all build consul test unit e2e vet demo bench clean
+.PHONY: all build consul test unit e2e vet demo bench clean fuzz
 
 all: build
 
@@ -34,6 +34,15 @@ e2e: consul build
 	$(GO) test -count=1 -timeout 15m ./e2e/...
 
 test: vet unit e2e
+
+# Each fuzz target for FUZZTIME (make test runs their seed corpora).
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./core:FuzzUnmarshalManifest ./core:FuzzUnmarshalRelease ./swap:FuzzUnpack \
+	./trust:FuzzPeerAuthCheck ./trust:FuzzParseKeys ./agent:FuzzDecodeRequests
+fuzz: consul
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "== $$fn ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x $$pkg || exit 1; done
 
 demo: build consul
 	./scripts/demo.sh

@@ -144,6 +144,27 @@ func UnmarshalManifest(b []byte) (*Manifest, error) {
 	return &m, nil
 }
 
+// ErrInvalidRelease: a release record does not decode or names an invalid build.
+var ErrInvalidRelease = errors.New("invalid release record")
+
+// UnmarshalRelease decodes a release record (a Consul value, so hostile
+// until proven otherwise) and checks its names.
+func UnmarshalRelease(b []byte) (*Release, error) {
+	var r Release
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: not a Shoal release record: %v", ErrInvalidRelease, err)
+	}
+	if err := ValidName("build", r.Build); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRelease, err)
+	}
+	if r.Previous != "" {
+		if err := ValidName("previous build", r.Previous); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidRelease, err)
+		}
+	}
+	return &r, nil
+}
+
 // Duration is a time.Duration that reads and writes as "1.5s" in JSON.
 type Duration time.Duration
 

@@ -210,15 +210,12 @@ func (c *Client) Release(ctx context.Context, service string) (*core.Release, er
 }
 
 func decodeRelease(p *api.KVPair) (*core.Release, error) {
-	var r core.Release
-	if err := json.Unmarshal(p.Value, &r); err != nil {
-		return nil, fmt.Errorf("signal: release %s: not a Shoal release record: %w", p.Key, err)
-	}
-	if err := core.ValidName("build", r.Build); err != nil {
+	r, err := core.UnmarshalRelease(p.Value)
+	if err != nil {
 		return nil, fmt.Errorf("signal: release %s: %w", p.Key, err)
 	}
 	r.ModifyIndex = p.ModifyIndex
-	return &r, nil
+	return r, nil
 }
 
 // Deploy makes build the desired release of service. The manifest must
