@@ -269,10 +269,10 @@ type PublishResponse struct {
 	Published bool           `json:"published"`
 }
 
-// Publish packs req.Dir into an archive in the swarm's store, hashes it and
-// starts seeding it; this host becomes the build's origin. The manifest it
-// returns is a draft: nothing reaches Consul, and no member can fetch the
-// build, until Commit gets it back signed. Re-publishing the same content
+// Publish packs req.Dir into an archive in the swarm's store and hashes
+// it; this host becomes the build's origin. The manifest it returns is a
+// draft: nothing reaches Consul and nothing is seeded until Commit gets it
+// back signed. Re-publishing the same content
 // under the same name is a no-op; different content is ErrBuildExists.
 func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*PublishResponse, error) {
 	a.pubMu.Lock()
@@ -328,15 +328,9 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*PublishRespon
 		os.Remove(path)
 		return nil, err
 	}
-	x, err := a.swarm.Add(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	// The engine hashes the archive before it will serve it; wait, so a
-	// deploy right after publish finds the origin ready.
-	if err := x.Wait(ctx); err != nil {
-		return nil, fmt.Errorf("agent: publish %s/%s: seeding: %w", m.Service, m.Build, err)
-	}
+	// Not seeded yet: a draft is nobody's to fetch (whoever asked for it
+	// learns its info hash, and the torrent port admits any process on a
+	// member's address).
 	a.drafts[m.Service+"@"+m.Build] = m
 	a.log.Info().Str("service", m.Service).Str("build", m.Build).Int64("bytes", m.Size).Int("files", ps.Entries).
 		Int64("unpacked_bytes", ps.Bytes).Str("sha256", m.SHA256).Int64("piece_length", m.PieceLength).
@@ -374,7 +368,7 @@ func (a *Agent) publishDir(dir string) (string, error) {
 // Commit takes back a draft from Publish, signed by the publisher: the
 // manifest must match the draft in every field but the signature, and the
 // signature must verify under a trusted key (dev mode also takes it
-// unsigned). Then it goes to Consul (create-only) and members may fetch it.
+// unsigned). Then this host seeds it, and it goes to Consul (create-only).
 func (a *Agent) Commit(ctx context.Context, m *core.Manifest) (*core.Manifest, error) {
 	a.pubMu.Lock()
 	defer a.pubMu.Unlock()
@@ -398,6 +392,15 @@ func (a *Agent) Commit(ctx context.Context, m *core.Manifest) (*core.Manifest, e
 	}
 	if err := a.saveManifest(m); err != nil {
 		return nil, err
+	}
+	x, err := a.swarm.Add(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	// The engine hashes the archive before it will serve it; wait, so a
+	// deploy right after publish finds the origin ready.
+	if err := x.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("agent: publish %s/%s: seeding: %w", m.Service, m.Build, err)
 	}
 	if err := a.sig.PublishManifest(ctx, m); err != nil {
 		return nil, err

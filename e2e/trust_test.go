@@ -138,6 +138,16 @@ func TestAPIsRefuseStrangers(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("pack v1: %d %s", code, body)
 	}
+	var draft struct {
+		Manifest core.Manifest `json:"manifest"`
+	}
+	if err := json.Unmarshal([]byte(body), &draft); err != nil {
+		t.Fatal(err)
+	}
+	dih, _ := hex.DecodeString(draft.Manifest.InfoHash)
+	if btHandshake(t, "127.0.34.3", "127.0.34.2:6881", dih) {
+		t.Error("a draft (packed, not signed) is seeded: its info hash got a torrent handshake")
+	}
 	key, _ := os.ReadFile(f.Secrets.GossipKey)
 	gk, err := trust.ParseGossipKey(string(key))
 	if err != nil {
@@ -154,6 +164,9 @@ func TestAPIsRefuseStrangers(t *testing.T) {
 	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
 	if code, body := signed("127.0.34.3", "host-2", gk); code != http.StatusPartialContent || len(body) != 100 {
 		t.Errorf("member host-2 reading 100 bytes of published v1: %d, %d bytes", code, len(body))
+	}
+	if !btHandshake(t, "127.0.34.3", "127.0.34.2:6881", dih) {
+		t.Error("published v1 is not seeded to a member (the draft check above proves nothing)")
 	}
 	other, _ := trust.GenerateGossipKey()
 	ok, _ := trust.ParseGossipKey(other)
