@@ -80,11 +80,11 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("agent: data dir: %w", err)
 		}
 	}
-	gossipKey, keys, err := cfg.secrets()
+	gossipKeys, keys, err := cfg.secrets()
 	if err != nil {
 		return nil, err
 	}
-	cfg.Swarm.SecretKey = gossipKey
+	cfg.Swarm.SecretKeys = gossipKeys
 	token := ""
 	if cfg.APIToken != "" {
 		if token, err = trust.ReadValue(cfg.APIToken); err != nil {
@@ -185,7 +185,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.RUnlock()
 	a.log.Info().Str("node", a.cfg.Swarm.Node).Str("api", a.cfg.API).Str("peer_api", a.cfg.PeerAPI).Str("gossip", a.swarm.GossipAddr()).
 		Str("torrent", a.swarm.TorrentAddr()).Str("consul", a.sig.Address()).Str("version", Version).
-		Strs("trusted_keys", a.keys.IDs()).Bool("gossip_encrypted", len(a.cfg.Swarm.SecretKey) > 0).Msg("agent running")
+		Strs("trusted_keys", a.keys.IDs()).Bool("gossip_encrypted", len(a.cfg.Swarm.SecretKeys) > 0).Msg("agent running")
 	if a.cfg.InsecureDev {
 		a.log.Warn().Msg(insecureWarning)
 	}

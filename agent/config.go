@@ -35,8 +35,9 @@ type Config struct {
 	// hand-out and this host's status. It answers members only. Default <bind>:7071.
 	PeerAPI string `json:"peer_api,omitempty"`
 	// GossipKey encrypts gossip and authenticates peer API requests:
-	// base64 of 32 bytes (`shoal keygen --gossip`), or @file. Required
-	// unless InsecureDev. Default $SHOAL_GOSSIP_KEY.
+	// base64 of 32 bytes (`shoal keygen --gossip`), or @file. Several keys
+	// (comma- or line-separated) rotate: the first is used, all accepted.
+	// Required unless InsecureDev. Default $SHOAL_GOSSIP_KEY.
 	GossipKey string `json:"gossip_key,omitempty"`
 	// TrustedKeys are the public keys whose signed builds this host runs
 	// (each the key, or @file). Several allow rotation. Required unless InsecureDev.
@@ -178,12 +179,12 @@ func (c Config) Validate() error {
 
 // secrets parses the gossip key and the trusted keys. Outside dev mode
 // both are required.
-func (c Config) secrets() ([]byte, *trust.Keyring, error) {
-	var gossip []byte
+func (c Config) secrets() ([][]byte, *trust.Keyring, error) {
+	var gossip [][]byte
 	if c.GossipKey != "" {
 		v, err := trust.ReadValue(c.GossipKey)
 		if err == nil {
-			gossip, err = trust.ParseGossipKey(v)
+			gossip, err = trust.ParseGossipKeys(v)
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("agent: gossip key: %w", err)

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/shoal-deploy/shoal/agent"
 	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/trust"
 )
 
 func TestParseSize(t *testing.T) {
@@ -84,5 +86,47 @@ func TestCommandsHaveHelpAndFailClearly(t *testing.T) {
 	}
 	if code, _, errs := run("agent", "--node", "a"); code != 1 || !strings.Contains(errs, "data dir is required") {
 		t.Errorf("agent without data dir: exit %d, stderr %q", code, errs)
+	}
+}
+
+// keygen writes a key pair that parses, never overwrites, and keeps the
+// secret half private; the status table marks dev-mode hosts and banned peers.
+func TestKeygenAndStatusMarks(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "release")
+	if code, stdout, errs := run("keygen", "--out", out); code != 0 || !strings.Contains(stdout, "key id") {
+		t.Fatalf("keygen: exit %d %q %q", code, stdout, errs)
+	}
+	fi, err := os.Stat(out + ".key")
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("signing key file: %v %v", fi, err)
+	}
+	b, _ := os.ReadFile(out + ".key")
+	k, err := trust.ParseSigningKey(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, _ := os.ReadFile(out + ".pub")
+	if p, err := trust.ParsePublicKey(string(pb)); err != nil || p.ID() != k.Public().ID() {
+		t.Errorf("public key does not match: %v", err)
+	}
+	if code, _, errs := run("keygen", "--out", out); code != 1 || !strings.Contains(errs, "exists") {
+		t.Errorf("keygen over an existing key: exit %d %q", code, errs)
+	}
+	if code, stdout, _ := run("keygen", "--gossip"); code != 0 {
+		t.Errorf("keygen --gossip: exit %d", code)
+	} else if _, err := trust.ParseGossipKey(stdout); err != nil {
+		t.Errorf("keygen --gossip printed %q: %v", stdout, err)
+	}
+	var buf bytes.Buffer
+	rows := []HostRow{{Node: "h1", Insecure: true, Banned: []string{"host-2 (10.0.0.2)"},
+		Service: &agent.ServiceStatus{Service: "web", State: core.StateActive}}}
+	if err := printRows(&buf, rows, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"[INSECURE-DEV]", "banned for corrupt pieces: host-2 (10.0.0.2)"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("status table lacks %q:\n%s", want, buf.String())
+		}
 	}
 }

@@ -155,7 +155,7 @@ func TestAPIsRefuseStrangers(t *testing.T) {
 	}
 	signed := func(from, node string, k []byte) (int, string) {
 		r := newReq(t, "GET", peer+"/v1/archive/web/v1", "", "Range", "bytes=0-99")
-		trust.NewPeerAuth(k, node).Sign(r)
+		trust.NewPeerAuth([][]byte{k}, node).Sign(r)
 		return httpFrom(t, from, r)
 	}
 	if code, body := signed("127.0.34.3", "host-2", gk); code != http.StatusNotFound {

@@ -247,7 +247,7 @@ func (a *Agent) start(ctx context.Context, bin, consul string) error {
 	if gossip == "" {
 		gossip = "local"
 	}
-	args := []string{"agent", "--node", a.Spec.Node, "--data-dir", a.Spec.DataDir, "--bind", a.Spec.IP,
+	args := []string{"agent", "--node", a.Spec.Node, "--data-dir", a.Spec.DataDir, "--bind", a.Spec.IP, "--api", a.API,
 		"--consul", consul, "--gossip-profile", gossip, "--log-format", "json"}
 	if len(a.Spec.Join) > 0 {
 		args = append(args, "--join", strings.Join(a.Spec.Join, ","))

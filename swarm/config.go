@@ -27,10 +27,12 @@ type Config struct {
 	// origin's hand-out, fleet status), advertised to the cluster. Members
 	// reach it on the member's gossip IP only.
 	PeerAPIAddr string `json:"-"`
-	// SecretKey encrypts and authenticates gossip (memberlist's AES key,
-	// 16/24/32 bytes) and keys the MAC on peer API requests. Nil only in
-	// dev mode: then any process that can reach the gossip port can join.
-	SecretKey []byte `json:"-"`
+	// SecretKeys encrypt and authenticate gossip (memberlist's AES keys,
+	// 16/24/32 bytes) and key the MAC on peer API requests. The first
+	// encrypts and signs; every one is accepted, so a fleet can rotate
+	// keys without a partition. Empty only in dev mode: then any process
+	// that can reach the gossip port can join.
+	SecretKeys [][]byte `json:"-"`
 	// DataDir holds the build archives and the piece-completion database.
 	DataDir string `json:"-"`
 	// UploadRate and DownloadRate cap chunk traffic in bytes per second; 0 is unlimited.

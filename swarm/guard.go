@@ -17,7 +17,7 @@ import (
 
 // Who may talk to this host's swarm endpoints.
 //
-// Gossip: with a SecretKey, memberlist encrypts and authenticates every
+// Gossip: with SecretKeys, memberlist encrypts and authenticates every
 // packet, so only key holders are members. Pieces: the torrent engine
 // accepts connections from, and dials, only the IP addresses of current
 // members (ipGuard), and a peer that sends data failing its hash check is

@@ -83,10 +83,14 @@ func (s *Swarm) startGossip() error {
 	mc.BindPort = s.cfg.GossipPort
 	mc.AdvertiseAddr = s.cfg.BindAddr
 	mc.AdvertisePort = s.cfg.GossipPort
-	if len(s.cfg.SecretKey) > 0 {
+	if len(s.cfg.SecretKeys) > 0 {
 		// Encrypt and authenticate every gossip packet; a process without
-		// the key can neither join nor read the membership.
-		mc.SecretKey = s.cfg.SecretKey
+		// a key can neither join nor read the membership.
+		kr, err := memberlist.NewKeyring(s.cfg.SecretKeys, s.cfg.SecretKeys[0])
+		if err != nil {
+			return fmt.Errorf("swarm: gossip keys: %w", err)
+		}
+		mc.Keyring = kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
 	mc.Delegate = delegate{s}

@@ -90,7 +90,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 		return nil, err
 	}
 	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1), guard: newIPGuard(),
-		auth:      trust.NewPeerAuth(cfg.SecretKey, cfg.Node),
+		auth:      trust.NewPeerAuth(cfg.SecretKeys, cfg.Node),
 		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	// Every connection to a member leaves from the bind address: members

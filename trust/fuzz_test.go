@@ -11,11 +11,11 @@ import (
 func FuzzPeerAuthCheck(f *testing.F) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	good := httptest.NewRequest("GET", "/v1/archive/web/v1", nil)
-	NewPeerAuth(key, "host-1").Sign(good)
+	NewPeerAuth([][]byte{key}, "host-1").Sign(good)
 	f.Add("host-1", good.Header.Get(HeaderDate), good.Header.Get(HeaderAuth), "/v1/archive/web/v1")
 	f.Add("", "", "", "/")
 	f.Add("host-1", "-99999999999999999999", "zz", "/v1/peer/status")
-	checker := NewPeerAuth(key, "host-2")
+	checker := NewPeerAuth([][]byte{key}, "host-2")
 	f.Fuzz(func(t *testing.T, node, date, mac, path string) {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.URL.Path = path
@@ -26,7 +26,7 @@ func FuzzPeerAuthCheck(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if want := checker.mac(r, node, date); mac != want || got != node {
+		if want := checker.mac(checker.keys[0], r, node, date); mac != want || got != node {
 			t.Fatalf("accepted node %q with mac %q (want %q)", node, mac, want)
 		}
 	})

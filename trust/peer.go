@@ -33,26 +33,27 @@ const (
 // name their node but prove nothing; the agent then relies on the
 // sender's address being a member's.
 type PeerAuth struct {
-	key  []byte // nil in dev mode
+	keys [][]byte // MAC keys, the first signs; none in dev mode
 	node string
 }
 
-// NewPeerAuth makes the authenticator for node; gossipKey may be nil (dev mode).
-func NewPeerAuth(gossipKey []byte, node string) *PeerAuth {
+// NewPeerAuth makes the authenticator for node from the gossip keys (the
+// first signs, all are accepted); none means dev mode.
+func NewPeerAuth(gossipKeys [][]byte, node string) *PeerAuth {
 	a := &PeerAuth{node: node}
-	if len(gossipKey) > 0 {
-		h := hmac.New(sha256.New, gossipKey)
+	for _, k := range gossipKeys {
+		h := hmac.New(sha256.New, k)
 		h.Write([]byte("shoal peer api v1"))
-		a.key = h.Sum(nil)
+		a.keys = append(a.keys, h.Sum(nil))
 	}
 	return a
 }
 
 // Secure reports whether requests carry a MAC (a gossip key is set).
-func (a *PeerAuth) Secure() bool { return a.key != nil }
+func (a *PeerAuth) Secure() bool { return len(a.keys) > 0 }
 
-func (a *PeerAuth) mac(r *http.Request, node, date string) string {
-	h := hmac.New(sha256.New, a.key)
+func (a *PeerAuth) mac(key []byte, r *http.Request, node, date string) string {
+	h := hmac.New(sha256.New, key)
 	for _, s := range []string{r.Method, r.URL.EscapedPath(), r.Header.Get("Range"), node, date} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
@@ -65,8 +66,8 @@ func (a *PeerAuth) Sign(r *http.Request) {
 	date := strconv.FormatInt(time.Now().Unix(), 10)
 	r.Header.Set(HeaderNode, a.node)
 	r.Header.Set(HeaderDate, date)
-	if a.key != nil {
-		r.Header.Set(HeaderAuth, a.mac(r, a.node, date))
+	if a.Secure() {
+		r.Header.Set(HeaderAuth, a.mac(a.keys[0], r, a.node, date))
 	}
 }
 
@@ -78,7 +79,7 @@ func (a *PeerAuth) Check(r *http.Request, now time.Time) (string, error) {
 	if node == "" || date == "" {
 		return "", fmt.Errorf("%w: no %s/%s headers", ErrPeerAuth, HeaderNode, HeaderDate)
 	}
-	if a.key == nil {
+	if !a.Secure() {
 		return node, nil
 	}
 	sec, err := strconv.ParseInt(date, 10, 64)
@@ -88,9 +89,11 @@ func (a *PeerAuth) Check(r *http.Request, now time.Time) (string, error) {
 	if d := now.Sub(time.Unix(sec, 0)); d > MaxClockSkew || d < -MaxClockSkew {
 		return "", fmt.Errorf("%w: request time is %s off this host's clock (limit %s); check NTP", ErrPeerAuth, d.Round(time.Second), MaxClockSkew)
 	}
-	want := a.mac(r, node, date)
-	if !hmac.Equal([]byte(r.Header.Get(HeaderAuth)), []byte(want)) {
-		return "", fmt.Errorf("%w: bad %s (a different gossip key?)", ErrPeerAuth, HeaderAuth)
+	got := []byte(r.Header.Get(HeaderAuth))
+	for _, k := range a.keys {
+		if hmac.Equal(got, []byte(a.mac(k, r, node, date))) {
+			return node, nil
+		}
 	}
-	return node, nil
+	return "", fmt.Errorf("%w: bad %s (a different gossip key?)", ErrPeerAuth, HeaderAuth)
 }

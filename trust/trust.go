@@ -245,6 +245,24 @@ func ParseGossipKey(s string) ([]byte, error) {
 	return b, nil
 }
 
+// ParseGossipKeys reads one or more gossip keys separated by commas or
+// whitespace; the first is the one in use, the others are still accepted
+// (rotation: see docs/SECURITY.md).
+func ParseGossipKeys(s string) ([][]byte, error) {
+	var keys [][]byte
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' || r == '\r' }) {
+		k, err := ParseGossipKey(f)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("trust: %w: no gossip key", ErrBadKey)
+	}
+	return keys, nil
+}
+
 // TokenEqual compares a presented token with the expected one in
 // constant time. An empty expected token never matches.
 func TokenEqual(got, want string) bool {

@@ -93,9 +93,9 @@ func TestVerify(t *testing.T) {
 
 func TestPeerAuth(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
-	a := NewPeerAuth(key, "host-1")
-	b := NewPeerAuth(key, "host-2")
-	wrong := NewPeerAuth([]byte("fedcba9876543210fedcba9876543210"), "host-1")
+	a := NewPeerAuth([][]byte{key}, "host-1")
+	b := NewPeerAuth([][]byte{key}, "host-2")
+	wrong := NewPeerAuth([][]byte{[]byte("fedcba9876543210fedcba9876543210")}, "host-1")
 	req := func(signer *PeerAuth, rng string) *http.Request {
 		r := httptest.NewRequest("GET", "/v1/archive/web/v1", nil)
 		if rng != "" {
@@ -128,6 +128,31 @@ func TestPeerAuth(t *testing.T) {
 	}
 	if _, err := b.Check(req(a, ""), now.Add(MaxClockSkew+time.Minute)); !errors.Is(err, ErrPeerAuth) {
 		t.Errorf("stale request: %v", err)
+	}
+	// Rotation: a host that has the new key first still accepts the old
+	// one, and a host with only the old key accepts the old signer.
+	newKey := []byte("new-key-new-key-new-key-new-key!")
+	rotated := NewPeerAuth([][]byte{newKey, key}, "host-3")
+	if _, err := rotated.Check(req(a, ""), now); err != nil {
+		t.Errorf("rotated host refused the old key: %v", err)
+	}
+	if _, err := b.Check(req(rotated, ""), now); !errors.Is(err, ErrPeerAuth) {
+		t.Errorf("a host without the new key accepted it: %v", err)
+	}
+}
+
+func TestParseGossipKeys(t *testing.T) {
+	k1, _ := GenerateGossipKey()
+	k2, _ := GenerateGossipKey()
+	keys, err := ParseGossipKeys(k1 + ",\n " + k2 + "\n")
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("two keys: %d, %v", len(keys), err)
+	}
+	if _, err := ParseGossipKeys(" , "); !errors.Is(err, ErrBadKey) {
+		t.Errorf("no key: %v", err)
+	}
+	if _, err := ParseGossipKeys(k1 + ",nope"); !errors.Is(err, ErrBadKey) {
+		t.Errorf("one bad key: %v", err)
 	}
 }
 
