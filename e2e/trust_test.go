@@ -78,6 +78,36 @@ func writeManifest(t *testing.T, f *fleet.Fleet, m *core.Manifest) {
 	}
 }
 
+// deployV1 publishes a tree of about size bytes as web/v1 and deploys it
+// to every host of f; it returns the tree.
+func deployV1(t *testing.T, f *fleet.Fleet, size int) string {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, size, "v1")
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	shoal(t, f, "deploy", "web", "v1")
+	if _, err := waitSettled(t, f, "web"); err != nil {
+		t.Fatalf("v1: %v", err)
+	}
+	return src
+}
+
+// addAgent starts one more fleet member running web (it joins the first
+// agent) and waits until every member sees it; f.Stop stops it.
+func addAgent(t *testing.T, f *fleet.Fleet, node, ip, dataDir string) *fleet.Agent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := fleet.StartAgent(ctx, shoalBin, f.Consul.Addr, fleet.AgentSpec{Node: node, IP: ip, DataDir: dataDir,
+		Join: []string{f.Agents[0].Spec.IP}, Args: []string{"--service", "web"}, Secrets: f.Secrets, Gossip: "local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Agents = append(f.Agents, a)
+	waitMembers(t, f, len(f.Agents))
+	return a
+}
+
 // Network neighbour: the only API on the host's network address is the
 // peer API, which answers members only and has no publish; the control
 // API wants its token; a directory outside publish_roots is never packed;
@@ -194,13 +224,7 @@ func TestAPIsRefuseStrangers(t *testing.T) {
 // refused before a byte is fetched; the live release stays.
 func TestForgedBuildsRefusedBeforeFetching(t *testing.T) {
 	f := startFleet(t, 3, 35, func(int) []string { return []string{"--service", "web"} })
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 2<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
-	shoal(t, f, "deploy", "web", "v1")
-	if _, err := waitSettled(t, f, "web"); err != nil {
-		t.Fatalf("v1: %v", err)
-	}
+	src := deployV1(t, f, 2<<20)
 	v1 := readManifest(t, f, "v1")
 	stranger, _ := trust.GenerateSigningKey()
 	fleetKey, err := f.Secrets.Signer()
@@ -280,13 +304,7 @@ func btHandshake(t *testing.T, from, to string, ih []byte) bool {
 // address gets one (the positive control).
 func TestNonMemberCannotJoinOrFetch(t *testing.T) {
 	f := startFleet(t, 2, 36, func(int) []string { return []string{"--service", "web"} })
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 1<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
-	shoal(t, f, "deploy", "web", "v1")
-	if _, err := waitSettled(t, f, "web"); err != nil {
-		t.Fatalf("v1: %v", err)
-	}
+	deployV1(t, f, 1<<20)
 	own, err := fleet.MakeSecrets(filepath.Join(t.TempDir(), "secrets"))
 	if err != nil {
 		t.Fatal(err)
@@ -340,13 +358,7 @@ func TestNonMemberCannotJoinOrFetch(t *testing.T) {
 // first bad piece, completes from the others, and says so in status.
 func TestCorruptPeerIsBanned(t *testing.T) {
 	f := startFleet(t, 3, 37, func(int) []string { return []string{"--service", "web"} })
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 8<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
-	shoal(t, f, "deploy", "web", "v1")
-	if _, err := waitSettled(t, f, "web"); err != nil {
-		t.Fatalf("v1: %v", err)
-	}
+	src := deployV1(t, f, 8<<20)
 	bad := f.Agents[1]
 	arch := filepath.Join(bad.Spec.DataDir, "archives", "web@v1.tar")
 	fh, err := os.OpenFile(arch, os.O_WRONLY, 0)
@@ -358,16 +370,7 @@ func TestCorruptPeerIsBanned(t *testing.T) {
 		t.Fatal(err)
 	}
 	fh.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	late, err := fleet.StartAgent(ctx, shoalBin, f.Consul.Addr, fleet.AgentSpec{Node: "host-4", IP: "127.0.37.5",
-		DataDir: filepath.Join(f.Dir, "host-4"), Join: []string{"127.0.37.2"}, Args: []string{"--service", "web"},
-		Secrets: f.Secrets, Gossip: "local"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Agents = append(f.Agents, late)
-	waitMembers(t, f, 4)
+	late := addAgent(t, f, "host-4", "127.0.37.5", filepath.Join(f.Dir, "host-4"))
 	st, err := waitSettled(t, f, "web")
 	if err != nil {
 		t.Fatalf("did not settle: %v", err)
@@ -410,16 +413,7 @@ func TestBuildLargerThanFreeSpace(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", small).Run() })
 	f := startFleet(t, 2, 38, func(int) []string { return []string{"--service", "web"} })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tiny, err := fleet.StartAgent(ctx, shoalBin, f.Consul.Addr, fleet.AgentSpec{Node: "tiny", IP: "127.0.38.9",
-		DataDir: filepath.Join(small, "data"), Join: []string{"127.0.38.2"}, Args: []string{"--service", "web"},
-		Secrets: f.Secrets, Gossip: "local"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Agents = append(f.Agents, tiny)
-	waitMembers(t, f, 3)
+	addAgent(t, f, "tiny", "127.0.38.9", filepath.Join(small, "data"))
 	src := filepath.Join(t.TempDir(), "v1")
 	makeTree(t, src, 12<<20, "v1") // 12 MB archive + 12 MB unpacked > 16 MB
 	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
