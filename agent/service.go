@@ -191,6 +191,7 @@ func (s *service) run(ctx context.Context) {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = s.a.sig.Watch(ctx, s.name, s.onRelease) }()
 	defer wg.Wait()
+	s.recover(ctx)
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	backoff := time.Duration(0)
@@ -239,7 +240,32 @@ var (
 func (s *service) apply(ctx context.Context, r *core.Release) error {
 	build := r.Build
 	s.update(func(st *ServiceStatus) { st.Desired, st.Seq = build, r.Seq })
+	// The manifest first, even for a build on disk (a rollback): its
+	// signature is checked, and the release directory must have been
+	// unpacked from the archive it names, not merely carry its name.
+	m, err := s.manifest(ctx, build)
+	if err != nil {
+		if errors.Is(err, signal.ErrNotFound) || errors.Is(err, core.ErrInvalidManifest) {
+			s.fail(build, err)
+			return err
+		}
+		if isTrustError(err) {
+			where := "before fetching a byte"
+			if s.store.Has(build) {
+				where = "though it is on disk"
+			}
+			s.fail(build, fmt.Errorf("refused %s %s: %w; the live release (%s) is untouched", build, where, err, orNone(s.store.Current())))
+			return err
+		}
+		return fmt.Errorf("%w: %v", errRetry, err)
+	}
 	if s.store.Current() == build {
+		if !s.store.Matches(build, m.SHA256) {
+			err := fmt.Errorf("the live releases/%s was unpacked from another archive than the published %s (sha256 %s…): %w; publish under a new build name",
+				build, build, m.SHA256[:12], swap.ErrStaleRelease)
+			s.fail(build, err)
+			return err
+		}
 		s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = "", nil })
 		if s.snapshot().State != core.StateActive {
 			s.to(core.StateActive, build, "already live")
@@ -247,22 +273,9 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		return nil
 	}
 	fetched := false
-	if !s.store.Has(build) {
-		// Fetching starts now: reading the manifest is its first step.
+	if !s.store.Matches(build, m.SHA256) {
 		if st := s.snapshot(); st.State != core.StateFetching || st.Desired != build {
-			s.to(core.StateFetching, build, "reading the manifest")
-		}
-		m, err := s.manifest(ctx, build)
-		if err != nil {
-			if errors.Is(err, signal.ErrNotFound) || errors.Is(err, core.ErrInvalidManifest) {
-				s.fail(build, err)
-				return err
-			}
-			if isTrustError(err) {
-				s.fail(build, fmt.Errorf("refused %s before fetching a byte: %w; the live release (%s) is untouched", build, err, orNone(s.store.Current())))
-				return err
-			}
-			return fmt.Errorf("%w: %v", errRetry, err)
+			s.to(core.StateFetching, build, "")
 		}
 		if err := s.checkSpace(m); err != nil {
 			s.fail(build, fmt.Errorf("refused %s before fetching: %w; the live release (%s) is untouched", build, err, orNone(s.store.Current())))
@@ -294,10 +307,7 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
 	}
 	s.to(core.StateDraining, build, "")
-	err := s.store.Activate(ctx, s.name, build, s.cfg.Hooks, func(p swap.Phase) {
-		s.update(func(st *ServiceStatus) { st.Phase = string(p) })
-		s.log.Info().Str("build", build).Str("phase", string(p)).Msg("activation phase")
-	})
+	err = s.store.Activate(ctx, s.name, build, s.cfg.Hooks, s.onPhase(build))
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -305,6 +315,7 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		s.fail(build, err)
 		return err
 	}
+	swap.Fault("before-active-state")
 	s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = "", nil })
 	note := ""
 	if r.Rollback {
@@ -313,6 +324,33 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 	s.to(core.StateActive, build, note)
 	s.prune()
 	return nil
+}
+
+// onPhase reports activation phases in status and the log.
+func (s *service) onPhase(build string) func(swap.Phase) {
+	return func(p swap.Phase) {
+		s.update(func(st *ServiceStatus) { st.Phase = string(p) })
+		s.log.Info().Str("build", build).Str("phase", string(p)).Msg("activation phase")
+	}
+}
+
+// recover finishes an activation that a crash or kill cut short (see
+// swap.Store.Recover) before the machine handles any release: whatever is
+// live gets its activate hook and health check again.
+func (s *service) recover(ctx context.Context) {
+	build, ok := s.store.Interrupted()
+	if !ok {
+		return
+	}
+	s.to(core.StateDraining, build, "finishing an activation a restart interrupted")
+	err := s.store.Recover(ctx, s.name, s.cfg.Hooks, s.onPhase(build))
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		s.fail(build, fmt.Errorf("after a restart: %w", err))
+	default:
+		s.to(core.StateActive, s.store.Current(), "activation finished after a restart")
+	}
 }
 
 func orNone(b string) string {

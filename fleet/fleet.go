@@ -301,6 +301,9 @@ func (a *Agent) signal(sig syscall.Signal) {
 	<-a.exited
 }
 
+// Exited is closed once the agent's process has ended (for whatever reason).
+func (a *Agent) Exited() <-chan struct{} { return a.exited }
+
 // Pid is the agent's process id.
 func (a *Agent) Pid() int { return a.cmd.Process.Pid }
 

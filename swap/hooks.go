@@ -84,7 +84,56 @@ func (s *Store) Activate(ctx context.Context, service, build string, h Hooks, on
 	if old == build {
 		return nil
 	}
-	env := func(phase Phase, b string) []string {
+	// Durably, before anything the app sees: a crash from here on is
+	// finished by Recover at the next start.
+	if err := s.writeJournal(journal{Build: build, Previous: old}); err != nil {
+		return err
+	}
+	fault("before-drain")
+	env := s.hookEnv(service, build, old)
+	onPhase(PhaseDrain)
+	if err := s.run(ctx, h.Drain, h.HookTimeout.D(), env(PhaseDrain, build)); err != nil {
+		if old != "" {
+			// Undo the drain even when the agent is shutting down (ctx
+			// cancelled): an app left drained serves nothing.
+			if uerr := s.run(context.WithoutCancel(ctx), h.Activate, h.HookTimeout.D(), env(PhaseActivate, old)); uerr != nil {
+				s.log.Error().Err(uerr).Str("build", old).Msg("re-activating the live release after a failed drain also failed")
+			}
+		}
+		s.clearJournal()
+		return fmt.Errorf("swap: %w for %s: %v; %s is still live, nothing switched", ErrDrainFailed, build, err, orNone(old))
+	}
+	fault("after-drain")
+	onPhase(PhaseSwitch)
+	if err := s.Switch(build); err != nil {
+		return err // the journal stays: the next start re-activates what is live
+	}
+	fault("after-switch")
+	onPhase(PhaseActivate)
+	failure := s.run(ctx, h.Activate, h.HookTimeout.D(), env(PhaseActivate, build))
+	fault("after-activate")
+	if failure == nil {
+		onPhase(PhaseHealth)
+		failure = s.health(ctx, h, env(PhaseHealth, build))
+	}
+	fault("after-health")
+	if failure == nil {
+		s.clearJournal()
+		return nil
+	}
+	if old == "" {
+		s.clearJournal()
+		return fmt.Errorf("swap: %w for %s: %v; there is no previous release to go back to", ErrHealthFailed, build, failure)
+	}
+	err := s.switchBack(ctx, build, old, h, env, onPhase, failure)
+	s.clearJournal()
+	return err
+}
+
+// hookEnv gives the hook environment for a switch from old to build:
+// SHOAL_PREVIOUS is old for build, and build for old (switching back).
+func (s *Store) hookEnv(service, build, old string) func(Phase, string) []string {
+	return func(phase Phase, b string) []string {
 		prev := old
 		if b == old {
 			prev = build
@@ -92,31 +141,11 @@ func (s *Store) Activate(ctx context.Context, service, build string, h Hooks, on
 		return []string{"SHOAL_SERVICE=" + service, "SHOAL_BUILD=" + b, "SHOAL_PREVIOUS=" + prev,
 			"SHOAL_RELEASE_DIR=" + s.ReleaseDir(b), "SHOAL_CURRENT=" + s.CurrentPath(), "SHOAL_PHASE=" + string(phase)}
 	}
-	onPhase(PhaseDrain)
-	if err := s.run(ctx, h.Drain, h.HookTimeout.D(), env(PhaseDrain, build)); err != nil {
-		if old != "" {
-			if uerr := s.run(ctx, h.Activate, h.HookTimeout.D(), env(PhaseActivate, old)); uerr != nil {
-				s.log.Error().Err(uerr).Str("build", old).Msg("re-activating the live release after a failed drain also failed")
-			}
-		}
-		return fmt.Errorf("swap: %w for %s: %v; %s is still live, nothing switched", ErrDrainFailed, build, err, orNone(old))
-	}
-	onPhase(PhaseSwitch)
-	if err := s.Switch(build); err != nil {
-		return err
-	}
-	onPhase(PhaseActivate)
-	failure := s.run(ctx, h.Activate, h.HookTimeout.D(), env(PhaseActivate, build))
-	if failure == nil {
-		onPhase(PhaseHealth)
-		failure = s.health(ctx, h, env(PhaseHealth, build))
-	}
-	if failure == nil {
-		return nil
-	}
-	if old == "" {
-		return fmt.Errorf("swap: %w for %s: %v; there is no previous release to go back to", ErrHealthFailed, build, failure)
-	}
+}
+
+// switchBack points `current` at old again after build failed, and
+// re-activates old (even during shutdown).
+func (s *Store) switchBack(ctx context.Context, build, old string, h Hooks, env func(Phase, string) []string, onPhase func(Phase), failure error) error {
 	onPhase(PhaseRevert)
 	if err := s.Switch(old); err != nil {
 		return fmt.Errorf("swap: %w for %s: %v; switching back to %s ALSO failed: %v", ErrHealthFailed, build, failure, old, err)

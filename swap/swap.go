@@ -30,6 +30,7 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors; check with errors.Is.
@@ -42,6 +43,10 @@ var (
 	ErrHealthFailed = errors.New("health check failed")
 	// ErrNotInstalled: the build is not in releases/ on this host.
 	ErrNotInstalled = errors.New("release not installed on this host")
+	// ErrStaleRelease: releases/<build> holds other content than the
+	// manifest of that name (a name reused after Consul lost its data),
+	// and it is live or previous, so it cannot be replaced.
+	ErrStaleRelease = errors.New("installed release differs from the published build of that name")
 )
 
 // Store is one service's release area on this host. Its methods are not
@@ -94,6 +99,28 @@ func (s *Store) Has(build string) bool {
 	return err == nil && fi.IsDir()
 }
 
+// sumPath is the file that ties releases/<build> to the SHA-256 of the
+// archive it was unpacked from. It is written durably before the release
+// directory is renamed into place.
+func (s *Store) sumPath(build string) string {
+	return filepath.Join(s.root, "releases", "."+build+".sha256")
+}
+
+// Matches reports whether build is installed from the archive with this
+// SHA-256. A release installed by a Shoal that wrote no sum file matches
+// any sum only while it is current or previous (it cannot be replaced
+// then anyway); otherwise it is installed again.
+func (s *Store) Matches(build, sha256hex string) bool {
+	if !s.Has(build) {
+		return false
+	}
+	b, err := os.ReadFile(s.sumPath(build))
+	if errors.Is(err, fs.ErrNotExist) {
+		return build == s.Current() || build == s.Previous()
+	}
+	return err == nil && strings.EqualFold(strings.TrimSpace(string(b)), sha256hex)
+}
+
 // Installed lists installed builds, sorted by name.
 func (s *Store) Installed() []string {
 	ents, _ := os.ReadDir(filepath.Join(s.root, "releases"))
@@ -124,8 +151,20 @@ func checkSum(archive string, h hash.Hash, want string) error {
 // changes. Installing an already installed build is a no-op.
 func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, lim Limits) (Stats, error) {
 	var st Stats
-	if s.Has(build) {
+	if s.Matches(build, sha256hex) {
 		return st, nil
+	}
+	if s.Has(build) {
+		if build == s.Current() || build == s.Previous() {
+			return st, fmt.Errorf("swap: install %s: %w: releases/%s is %s and was unpacked from another archive; publish under a new build name",
+				build, ErrStaleRelease, build, map[bool]string{true: "live", false: "the previous release"}[build == s.Current()])
+		}
+		// Left by a crash before its sum was written, or a build name
+		// published again with other content: install it afresh.
+		s.log.Warn().Str("build", build).Msg("installed release does not match the published archive; installing it again")
+		if err := os.RemoveAll(s.ReleaseDir(build)); err != nil {
+			return st, fmt.Errorf("swap: install %s: remove the stale release: %w", build, err)
+		}
 	}
 	f, err := os.Open(archive)
 	if err != nil {
@@ -173,15 +212,32 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
+	// Every file of the release on disk before it is renamed into place:
+	// after a power loss a release is either absent or complete.
+	if err := syncFS(tmp); err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	fault("unpacked")
+	if err := writeDurable(s.sumPath(build), []byte(strings.ToLower(sha256hex)+"\n")); err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
+	}
 	if err := os.Rename(tmp, s.ReleaseDir(build)); err != nil {
 		return st, fmt.Errorf("swap: install %s: move into releases: %w", build, err)
 	}
 	ok = true
-	return st, syncDir(filepath.Join(s.root, "releases"))
+	if err := syncDir(filepath.Join(s.root, "releases")); err != nil {
+		return st, err
+	}
+	fault("installed")
+	return st, nil
 }
 
 // Switch points `current` at build atomically (temp link, rename over,
 // fsync the directory) and records the old target as `previous`.
+// `previous` is set first: a crash between the two renames leaves
+// previous == current (both the old build, both protected from pruning),
+// never a stale `previous` that lets pruning remove the build that was
+// live a moment ago.
 func (s *Store) Switch(build string) error {
 	if !s.Has(build) {
 		return fmt.Errorf("swap: switch to %s: %w", build, ErrNotInstalled)
@@ -190,15 +246,13 @@ func (s *Store) Switch(build string) error {
 	if old == build {
 		return nil
 	}
-	if err := s.setLink("current", build); err != nil {
-		return err
-	}
 	if old != "" {
 		if err := s.setLink("previous", old); err != nil {
 			return err
 		}
 	}
-	return nil
+	fault("switch-between-links")
+	return s.setLink("current", build)
 }
 
 func (s *Store) setLink(name, build string) error {
@@ -248,12 +302,51 @@ func (s *Store) Prune(keep int) []string {
 			continue
 		}
 		if err := os.RemoveAll(s.ReleaseDir(r.name)); err == nil {
+			_ = os.Remove(s.sumPath(r.name))
 			removed = append(removed, r.name)
 		} else {
 			s.log.Warn().Err(err).Str("build", r.name).Msg("prune failed")
 		}
 	}
 	return removed
+}
+
+// syncFS flushes the file system holding dir (syncfs(2)): one call for
+// every file of a freshly unpacked release, instead of one fsync each.
+func syncFS(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("swap: syncfs %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("swap: syncfs %s: %w", dir, err)
+	}
+	return nil
+}
+
+// writeDurable writes b to path through a temp file, fsynced, renamed.
+func writeDurable(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 func syncDir(dir string) error {
