@@ -46,6 +46,17 @@ func commands() []command {
 	}
 }
 
+// exitError carries an exit code other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func exitCode(code int, err error) error { return &exitError{code, err} }
+
 // errUsage marks an error already explained by usage text.
 var errUsage = errors.New("usage")
 
@@ -62,9 +73,13 @@ func Run(ctx context.Context, env Env, args []string) int {
 	for _, c := range commands() {
 		if c.name == args[0] {
 			err := c.run(ctx, env, args[1:])
+			var ec *exitError
 			switch {
 			case err == nil || errors.Is(err, flag.ErrHelp):
 				return 0
+			case errors.As(err, &ec):
+				fmt.Fprintf(env.Stderr, "shoal %s: %v\n", c.name, ec.err)
+				return ec.code
 			case errors.Is(err, errUsage):
 				return 2
 			case errors.Is(err, context.Canceled):

@@ -37,8 +37,8 @@ func TestHumanBytes(t *testing.T) {
 	}
 }
 
-func row(state core.State, cur, desired string, handled uint64) HostRow {
-	return HostRow{Node: "h", Service: &agent.ServiceStatus{State: state, Current: cur, Desired: desired, HandledIndex: handled}}
+func row(state core.State, cur, desired string, seq int64) HostRow {
+	return HostRow{Node: "h", Service: &agent.ServiceStatus{State: state, Current: cur, Desired: desired, Seq: seq, HandledIndex: uint64(seq)}}
 }
 
 func TestSettled(t *testing.T) {
@@ -50,12 +50,16 @@ func TestSettled(t *testing.T) {
 	}{
 		{"none", nil, false, 0},
 		{"all active", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateActive, "v2", "v2", 5)}, true, 0},
-		{"one fetching", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateFetching, "v1", "v2", 4)}, false, 0},
-		{"active on old", []HostRow{row(core.StateActive, "v1", "v2", 4)}, false, 0},
+		{"one fetching", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateFetching, "v1", "v2", 5)}, false, 0},
+		{"active on old", []HostRow{row(core.StateActive, "v1", "v2", 5)}, false, 0},
 		{"one failed", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateFailed, "v1", "v2", 5)}, true, 1},
 		{"unreachable", []HostRow{{Node: "h", Error: "down"}}, false, 0},
+		// a host that has not seen release #5 yet still reports #4 as
+		// desired, active on it: not done (it used to count as settled)
+		{"not seen yet", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateActive, "v1", "v1", 4)}, false, 0},
+		{"failed on the previous release", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateFailed, "v1", "v1", 4)}, false, 0},
 	} {
-		done, failed := settled(tc.rows)
+		done, failed := settled(tc.rows, &core.Release{Build: "v2", Seq: 5})
 		if done != tc.done || failed != tc.failed {
 			t.Errorf("%s: settled = %v, %d; want %v, %d", tc.name, done, failed, tc.done, tc.failed)
 		}

@@ -30,9 +30,12 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	fs := newFlags(env, "status", "[SERVICE]",
 		"Show every host of the fleet, gathered through one agent (which knows the members):\n"+
 			"state, live and desired build, fetch progress, bytes from the origin vs peers, errors.\n"+
-			"With --wait, keep polling until every host has settled on the desired build; exit 0 if\n"+
-			"all are active on it, 1 if any failed.")
+			"With --wait, read the release from Consul and keep polling until every host has handled\n"+
+			"that release (its build and sequence number): exit 0 if all are active on it, 1 if any\n"+
+			"failed, 2 if it timed out or a host cannot be reached.")
 	api := fs.String("api", apiDefault(env), "address of any agent's API ($SHOAL_API)")
+	var c consulFlags
+	c.bind(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	wait := fs.Bool("wait", false, "poll until every host settled (see above)")
 	watch := fs.Bool("watch", false, "redraw every second until interrupted")
@@ -49,12 +52,12 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	if len(pos) == 1 {
 		service = pos[0]
 	}
-	c, err := newAPI(env, *api, 10*time.Second)
+	cl, err := newAPI(env, *api, 10*time.Second)
 	if err != nil {
 		return err
 	}
 	if !*wait && !*watch {
-		rows, err := fleetRows(ctx, c, service)
+		rows, err := fleetRows(ctx, cl, service)
 		if err != nil {
 			return err
 		}
@@ -63,12 +66,25 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	if *wait && service == "" {
 		return errors.New("--wait needs a SERVICE")
 	}
+	var rel *core.Release
+	if *wait {
+		sig, err := c.client()
+		if err != nil {
+			return err
+		}
+		// What the fleet must reach: this release, not each host's own
+		// idea of it (a host that has not seen a new deploy yet still
+		// reports the old one as desired, and would count as done).
+		if rel, err = sig.Release(ctx, service); err != nil {
+			return err
+		}
+	}
 	deadline := time.Now().Add(*timeout)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	last := ""
 	for {
-		rows, err := fleetRows(ctx, c, service)
+		rows, err := fleetRows(ctx, cl, service)
 		if err != nil {
 			return err
 		}
@@ -80,7 +96,7 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 			last = line
 		}
 		if *wait {
-			if done, failed := settled(rows); done {
+			if done, failed := settled(rows, rel); done {
 				if *asJSON {
 					_ = printRows(env.Stdout, rows, true)
 				} else {
@@ -93,7 +109,7 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 			}
 			if time.Now().After(deadline) {
 				_ = printRows(env.Stdout, rows, *asJSON)
-				return fmt.Errorf("not settled after %s", *timeout)
+				return exitCode(2, fmt.Errorf("%s release #%d (%s) not settled after %s: %s", service, rel.Seq, rel.Build, *timeout, pending(rows, rel)))
 			}
 		}
 		select {
@@ -125,25 +141,49 @@ func fleetRows(ctx context.Context, c *agent.Client, service string) ([]HostRow,
 	return rows, nil
 }
 
-// settled: every host reached the desired build (active) or failed.
-func settled(rows []HostRow) (done bool, failed int) {
-	if len(rows) == 0 {
+// settled: every host has handled release rel: active on its build, or
+// failed while handling it (same build and sequence number).
+func settled(rows []HostRow, rel *core.Release) (done bool, failed int) {
+	if len(rows) == 0 || rel == nil {
 		return false, 0
 	}
 	for _, r := range rows {
-		if r.Service == nil {
+		if !handled(r, rel) {
 			return false, 0
 		}
-		s := r.Service
-		switch {
-		case s.State == core.StateFailed && s.HandledIndex != 0:
+		if r.Service.State == core.StateFailed {
 			failed++
-		case s.State == core.StateActive && s.Current == s.Desired && s.Desired != "":
-		default:
-			return false, 0
 		}
 	}
 	return true, failed
+}
+
+func handled(r HostRow, rel *core.Release) bool {
+	s := r.Service
+	if s == nil || s.Desired != rel.Build || s.Seq != rel.Seq {
+		return false
+	}
+	return (s.State == core.StateActive && s.Current == rel.Build) || (s.State == core.StateFailed && s.HandledIndex != 0)
+}
+
+// pending names the hosts that have not handled rel.
+func pending(rows []HostRow, rel *core.Release) string {
+	var out []string
+	for _, r := range rows {
+		if handled(r, rel) {
+			continue
+		}
+		switch {
+		case r.Service == nil:
+			out = append(out, r.Node+" (unreachable: "+r.Error+")")
+		default:
+			out = append(out, fmt.Sprintf("%s (%s, desired %s #%d)", r.Node, r.Service.State, dash(r.Service.Desired), r.Service.Seq))
+		}
+	}
+	if len(out) == 0 {
+		return "no host reported"
+	}
+	return "waiting for " + strings.Join(out, ", ")
 }
 
 func progressLine(rows []HostRow) string {
