@@ -41,8 +41,11 @@ type ServiceStatus struct {
 	LastError     string       `json:"last_error,omitempty"`
 	LastErrorAt   *time.Time   `json:"last_error_at,omitempty"`
 	History       []Transition `json:"history,omitempty"`
-	// HandledIndex is the Consul ModifyIndex of the last release fully handled.
-	HandledIndex uint64 `json:"handled_index"`
+	// HandledIndex is the Consul ModifyIndex of the last release fully
+	// handled; HandledRelease identifies it by index, sequence, build and
+	// time (an index alone repeats after Consul loses its data).
+	HandledIndex   uint64 `json:"handled_index"`
+	HandledRelease string `json:"handled_release,omitempty"`
 }
 
 // FetchStatus is one build transfer.
@@ -102,7 +105,7 @@ func newService(a *Agent, name string, cfg ServiceConfig, st *swap.Store) *servi
 	switch s.st.State {
 	case core.StateFetching, core.StateVerifying, core.StateReady, core.StateDraining:
 		// interrupted mid-deploy: the release will be handled again
-		s.st.HandledIndex = 0
+		s.st.HandledIndex, s.st.HandledRelease = 0, ""
 	}
 	return s
 }
@@ -206,9 +209,9 @@ func (s *service) run(ctx context.Context) {
 		r := s.latest
 		s.latestMu.Unlock()
 		s.mu.RLock()
-		handled := s.st.HandledIndex
+		handled := s.st.HandledRelease
 		s.mu.RUnlock()
-		if r == nil || r.ModifyIndex == handled {
+		if r == nil || releaseID(r) == handled {
 			continue
 		}
 		err := s.apply(ctx, r)
@@ -224,9 +227,15 @@ func (s *service) run(ctx context.Context) {
 			retry.Reset(backoff)
 		default:
 			backoff = 0
-			s.update(func(st *ServiceStatus) { st.HandledIndex = r.ModifyIndex })
+			s.update(func(st *ServiceStatus) { st.HandledIndex, st.HandledRelease = r.ModifyIndex, releaseID(r) })
 		}
 	}
+}
+
+// releaseID tells releases apart by more than Consul's ModifyIndex, which
+// starts low again on a Consul restored or restarted empty.
+func releaseID(r *core.Release) string {
+	return fmt.Sprintf("%d/%d/%s/%d", r.ModifyIndex, r.Seq, r.Build, r.At.UnixNano())
 }
 
 var (

@@ -29,6 +29,23 @@ type Consul struct {
 	cmd    *exec.Cmd
 	dir    string
 	exited chan struct{} // closed once the process is reaped
+	// how it was started, for Restart
+	bin, ip string
+	wrap    []string
+	ports   []int
+}
+
+// Restart stops Consul and starts a new one on the same address. A dev
+// agent keeps its data in memory, so it comes back empty: the fault suite's
+// "Consul lost its data".
+func (c *Consul) Restart(ctx context.Context) error {
+	c.Stop()
+	n, err := startConsul(ctx, c.bin, c.dir, c.ip, c.wrap, c.ports)
+	if err != nil {
+		return err
+	}
+	*c = *n
+	return nil
 }
 
 // StartConsul runs `consul agent -dev` from bin with every port on free
@@ -83,7 +100,8 @@ func startConsul(ctx context.Context, bin, dir, ip string, wrap []string, ports 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("fleet: start consul %s: %w (run `make consul`)", bin, err)
 	}
-	c := &Consul{Addr: net.JoinHostPort(ip, strconv.Itoa(ports[0])), cmd: cmd, dir: dir, exited: make(chan struct{})}
+	c := &Consul{Addr: net.JoinHostPort(ip, strconv.Itoa(ports[0])), cmd: cmd, dir: dir, exited: make(chan struct{}),
+		bin: bin, ip: ip, wrap: wrap, ports: ports}
 	go func() { _ = cmd.Wait(); close(c.exited) }()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -18,6 +18,7 @@
 package signal
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -299,6 +300,7 @@ func (c *Client) swapRelease(ctx context.Context, service string, next func(*cor
 func (c *Client) Watch(ctx context.Context, service string, fn func(*core.Release)) error {
 	key := c.ReleaseKey(service)
 	var index, seen uint64
+	var seenValue []byte
 	backoff := time.Duration(0)
 	var last time.Time
 	for {
@@ -314,6 +316,12 @@ func (c *Client) Watch(ctx context.Context, service string, fn func(*core.Releas
 			return nil
 		}
 		if err != nil {
+			// After an outage the Consul that answers may be a new one,
+			// restored or started empty, whose index is far below ours:
+			// a blocking query with our index would then sit out its whole
+			// wait time (5 minutes) before seeing a deploy. Start over with
+			// a plain read.
+			index = 0
 			backoff = nextBackoff(backoff, c.cfg.MaxBackoff.D())
 			c.log.Warn().Err(err).Str("key", key).Dur("retry_in", backoff).Msg("consul watch failed; retrying")
 			if !sleep(ctx, backoff) {
@@ -330,10 +338,12 @@ func (c *Client) Watch(ctx context.Context, service string, fn func(*core.Releas
 		default:
 			index = meta.LastIndex
 		}
-		if p == nil || p.ModifyIndex == seen {
+		// A release is new when its index or its content differs: after a
+		// Consul data loss a new release can reuse an index already seen.
+		if p == nil || (p.ModifyIndex == seen && bytes.Equal(p.Value, seenValue)) {
 			continue
 		}
-		seen = p.ModifyIndex
+		seen, seenValue = p.ModifyIndex, p.Value
 		r, err := decodeRelease(p)
 		if err != nil {
 			c.log.Error().Err(err).Str("key", key).Msg("ignoring unreadable release; fix it with `shoal deploy`")
