@@ -264,15 +264,28 @@ func (c *Client) swapRelease(ctx context.Context, service string, next func(*cor
 	}
 	var cur *core.Release
 	var idx uint64
+	kept := ""
 	if p != nil {
-		if cur, err = decodeRelease(p); err != nil {
-			return nil, err
-		}
 		idx = p.ModifyIndex
+		if cur, err = decodeRelease(p); err != nil {
+			// One bad value must not block every later deploy: keep it
+			// for the record and write a fresh release over it.
+			kept = fmt.Sprintf("%s/%s/unreadable/%d", c.cfg.Prefix, service, p.ModifyIndex)
+			if _, perr := c.kv.Put(&api.KVPair{Key: kept, Value: p.Value}, (&api.WriteOptions{}).WithContext(ctx)); perr != nil {
+				return nil, c.unreachable("write "+kept, perr)
+			}
+			c.log.Warn().Err(err).Str("kept_at", kept).Msg("replacing an unreadable release record")
+		}
 	}
 	r, err := next(cur)
 	if err != nil {
+		if kept != "" {
+			return nil, fmt.Errorf("signal: %s holds an unreadable release record (kept at %s): %w; deploy a build to replace it", key, kept, err)
+		}
 		return nil, err
+	}
+	if kept != "" {
+		r.Reason = strings.TrimSpace(r.Reason + " (replaced an unreadable release record, kept at " + kept + ")")
 	}
 	r.At = time.Now().UTC()
 	b, err := json.Marshal(r)

@@ -198,3 +198,38 @@ func TestEnvironmentIsHonoured(t *testing.T) {
 		t.Errorf("address %q, want CONSUL_HTTP_ADDR %q", c.Address(), consulAddr)
 	}
 }
+
+// A junk value in the release key (written by hand, or by a broken tool)
+// is replaced by the next deploy, kept for the record, and named; a
+// rollback, which needs the record, says what to do instead.
+func TestDeployReplacesUnreadableRelease(t *testing.T) {
+	c, ctx := client(t), context.Background()
+	if err := c.PublishManifest(ctx, manifest("v4", "d")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.kv.Put(&api.KVPair{Key: c.ReleaseKey("web"), Value: []byte(`{"build":"../../etc"}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Rollback(ctx, "web", "me", ""); err == nil || !strings.Contains(err.Error(), "deploy a build to replace it") {
+		t.Errorf("rollback over junk: %v", err)
+	}
+	r, err := c.Deploy(ctx, "web", "v4", "me", "fix")
+	if err != nil {
+		t.Fatalf("deploy over an unreadable release: %v", err)
+	}
+	if r.Build != "v4" || !strings.Contains(r.Reason, "replaced an unreadable release record") {
+		t.Errorf("release %+v", r)
+	}
+	got, err := c.Release(ctx, "web")
+	if err != nil || got.Build != "v4" {
+		t.Fatalf("release after deploy: %+v, %v", got, err)
+	}
+	keys, _, _ := c.kv.Keys(c.cfg.Prefix+"/web/unreadable/", "", nil)
+	if len(keys) == 0 {
+		t.Fatal("the unreadable value was not kept")
+	}
+	p, _, _ := c.kv.Get(keys[0], nil)
+	if p == nil || string(p.Value) != `{"build":"../../etc"}` {
+		t.Errorf("kept value %v", p)
+	}
+}
