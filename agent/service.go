@@ -518,8 +518,8 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 			p := sample(false)
 			if stall := s.a.cfg.FetchStall.D(); time.Since(lastGain) > stall {
 				now := time.Now().UTC()
-				msg := fmt.Sprintf("fetch of %s made no progress for %s (%d/%d bytes, %d peers connected, %d members); check that peers are reachable on their torrent ports",
-					m.Build, stall, p.Have, p.Total, len(p.Peers), len(s.a.swarm.Members()))
+				msg := fmt.Sprintf("fetch of %s made no progress for %s (%d/%d bytes): %s",
+					m.Build, stall, p.Have, p.Total, x.Diagnose())
 				s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = msg, &now })
 				s.log.Warn().Str("build", m.Build).Msg(msg)
 				lastGain = time.Now()

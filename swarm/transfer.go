@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -348,4 +349,75 @@ func (s *Swarm) Seeds() []Seed {
 		return out[i].Build < out[j].Build
 	})
 	return out
+}
+
+// Diagnose says, from what this host can see, why the transfer is not
+// progressing: which missing pieces no connected peer has, whether the
+// origin is still a member, which peers are banned, or that nobody is
+// connected at all. The service puts it in status when a fetch stalls.
+func (x *Transfer) Diagnose() string {
+	if x.t.Complete().Bool() {
+		return "complete"
+	}
+	var missing []int
+	for i := 0; i < x.t.NumPieces(); i++ {
+		if !x.t.PieceState(i).Complete {
+			missing = append(missing, i)
+		}
+	}
+	conns := x.t.PeerConns()
+	held := map[int]bool{}
+	for _, pc := range conns {
+		it := pc.PeerPieces().Iterator()
+		for it.HasNext() {
+			held[int(it.Next())] = true
+		}
+	}
+	var nobody []int
+	for _, i := range missing {
+		if !held[i] {
+			nobody = append(nobody, i)
+		}
+	}
+	var parts []string
+	origin, alive := x.s.Member(x.m.Origin)
+	originUp := alive && (origin.State == "alive" || origin.State == "suspect")
+	switch {
+	case len(conns) == 0:
+		parts = append(parts, fmt.Sprintf("no peer is connected (%d members seen): check that members reach each other's torrent port (%s here)",
+			len(x.s.Members()), x.s.TorrentAddr()))
+	case len(nobody) > 0:
+		parts = append(parts, fmt.Sprintf("%d of the %d missing pieces are held by none of the %d connected peers (pieces %s)",
+			len(nobody), len(missing), len(conns), pieceList(nobody)))
+	default:
+		parts = append(parts, fmt.Sprintf("the %d connected peers hold the %d missing pieces but sent none: check the links and upload caps",
+			len(conns), len(missing)))
+	}
+	switch {
+	case x.m.Origin == x.s.cfg.Node:
+	case !originUp:
+		parts = append(parts, fmt.Sprintf("the origin %s is not a member any more; pieces only it had arrive once it is back (restart it, or publish the build again elsewhere)", x.m.Origin))
+	case x.avoidOrigin.Load():
+		parts = append(parts, fmt.Sprintf("the origin %s is up; this host turns to it as a torrent peer after the slice stall limit", x.m.Origin))
+	}
+	if banned := x.s.BannedPeers(); len(banned) > 0 {
+		parts = append(parts, "banned for sending corrupt pieces: "+strings.Join(banned, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// pieceList shows up to 8 piece indexes.
+func pieceList(ps []int) string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i == 8 {
+			fmt.Fprintf(&b, ", … (%d more)", len(ps)-8)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprint(&b, p)
+	}
+	return b.String()
 }
