@@ -287,8 +287,10 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 			s.to(core.StateFetching, build, "")
 		}
 		if err := s.checkSpace(m); err != nil {
-			s.fail(build, fmt.Errorf("refused %s before fetching: %w; the live release (%s) is untouched", build, err, orNone(s.store.Current())))
-			return err
+			// Failed (status says so), but tried again with backoff: the
+			// deploy goes on by itself once space is freed.
+			s.fail(build, fmt.Errorf("refused %s before fetching: %w; the live release (%s) is untouched; retrying", build, err, orNone(s.store.Current())))
+			return fmt.Errorf("%w: %v", errRetry, err)
 		}
 		fetch := s.fetch
 		if s.a.cfg.Fetch == FetchOrigin {
@@ -516,6 +518,14 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 			return fmt.Errorf("%w: %v", errRetry, err)
 		case <-tick.C:
 			p := sample(false)
+			if werr := x.WriteError(); werr != nil {
+				free, _ := swap.FreeBytes(s.a.cfg.DataDir)
+				err := fmt.Errorf("fetch of %s stopped: cannot write to %s: %v (%d of %d bytes fetched, %d bytes free); free space and it resumes",
+					m.Build, s.a.cfg.DataDir, werr, p.Have, p.Total, free)
+				now := time.Now().UTC()
+				s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = err.Error(), &now })
+				return fmt.Errorf("%w: %v", errRetry, err)
+			}
 			if stall := s.a.cfg.FetchStall.D(); time.Since(lastGain) > stall {
 				now := time.Now().UTC()
 				msg := fmt.Sprintf("fetch of %s made no progress for %s (%d/%d bytes): %s",

@@ -163,7 +163,7 @@ func handled(r HostRow, rel *core.Release) bool {
 	if s == nil || s.Desired != rel.Build || s.Seq != rel.Seq {
 		return false
 	}
-	return (s.State == core.StateActive && s.Current == rel.Build) || (s.State == core.StateFailed && s.HandledIndex != 0)
+	return (s.State == core.StateActive && s.Current == rel.Build) || s.State == core.StateFailed
 }
 
 // pending names the hosts that have not handled rel.

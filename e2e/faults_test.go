@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,4 +88,67 @@ func TestOriginDiesMidFetch(t *testing.T) {
 		}
 	}
 	sameTree(t, src, filepath.Join(watcher.Spec.DataDir, "services", "web", "current"))
+}
+
+// The disk fills up during a fetch (another process takes the space): the
+// host says it cannot write and how much is free, does not crash, leaves
+// `current` alone, and finishes by itself once the space is back.
+func TestDiskFullDuringFetch(t *testing.T) {
+	small := filepath.Join(t.TempDir(), "small")
+	if err := os.MkdirAll(small, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs for the data dir (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", small).Run() })
+	f := startFleet(t, 2, 41, func(int) []string { return []string{"--service", "web"} })
+	host := addAgent(t, f, "tight", "127.0.41.9", filepath.Join(small, "data"), "--download-rate", "2MB")
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, 12<<20, "v1") // ~25 MB with the archive: fits, until someone else takes the space
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	shoal(t, f, "deploy", "web", "v1")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		s := hostStatus(t, f, host)
+		if s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*5 >= s.Fetch.Total {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fetch never reached 20%%: %+v", s.Fetch)
+		}
+	}
+	junk := filepath.Join(small, "junk")
+	if out, err := exec.Command("dd", "if=/dev/zero", "of="+junk, "bs=1M", "count=64").CombinedOutput(); err == nil {
+		t.Fatalf("filling the disk: dd did not hit ENOSPC: %s", out)
+	}
+	var s agent.ServiceStatus
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		s = hostStatus(t, f, host) // the agent answers: it did not crash
+		if strings.Contains(s.LastError, "no space left on device") || strings.Contains(s.LastError, "not enough free disk space") {
+			break
+		}
+		if s.State == core.StateActive {
+			t.Skip("the fetch finished before the disk filled up; nothing to test")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no disk-full error in status: %s %q", s.State, s.LastError)
+		}
+	}
+	t.Logf("with the disk full: %s: %s", s.State, s.LastError)
+	if s.Current != "" {
+		t.Errorf("current moved to %q while the disk was full", s.Current)
+	}
+	if err := os.Remove(junk); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		s = hostStatus(t, f, host)
+		if s.State == core.StateActive && s.Current == "v1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("did not finish once space was back: %s %q", s.State, s.LastError)
+		}
+	}
+	sameTree(t, src, filepath.Join(small, "data", "services", "web", "current"))
 }

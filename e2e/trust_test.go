@@ -94,12 +94,12 @@ func deployV1(t *testing.T, f *fleet.Fleet, size int) string {
 
 // addAgent starts one more fleet member running web (it joins the first
 // agent) and waits until every member sees it; f.Stop stops it.
-func addAgent(t *testing.T, f *fleet.Fleet, node, ip, dataDir string) *fleet.Agent {
+func addAgent(t *testing.T, f *fleet.Fleet, node, ip, dataDir string, args ...string) *fleet.Agent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a, err := fleet.StartAgent(ctx, shoalBin, f.Consul.Addr, fleet.AgentSpec{Node: node, IP: ip, DataDir: dataDir,
-		Join: []string{f.Agents[0].Spec.IP}, Args: []string{"--service", "web"}, Secrets: f.Secrets, Gossip: "local"})
+		Join: []string{f.Agents[0].Spec.IP}, Args: append([]string{"--service", "web"}, args...), Secrets: f.Secrets, Gossip: "local"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -203,6 +203,7 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 		x.from[x.m.Origin] += n
 		x.mu.Unlock()
 		if _, err := x.t.Piece(i).Storage().WriteAt(buf[:n], 0); err != nil {
+			x.onWriteError(err)
 			return slowest, fmt.Errorf("piece %d: write: %w", i, err)
 		}
 		if err := x.t.Piece(i).VerifyDataContext(ctx); err != nil {

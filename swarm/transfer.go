@@ -134,6 +134,33 @@ type Transfer struct {
 	// served counts archive bytes this host sent outside the torrent engine
 	// (HTTP slices and origin-method copies), reported in Uploaded.
 	served atomic.Int64
+	// writeErr is the last error writing a piece to disk (ENOSPC, EIO);
+	// downloading stops until Resume.
+	writeErr atomic.Pointer[error]
+}
+
+// onWriteError stops downloading after a piece could not be written to
+// disk. (Left to itself the engine also stops, but says nothing: the
+// fetch sat in `fetching` forever.)
+func (x *Transfer) onWriteError(err error) {
+	x.writeErr.Store(&err)
+	x.t.DisallowDataDownload()
+	x.s.log.Error().Err(err).Str("service", x.m.Service).Str("build", x.m.Build).Msg("cannot write a piece to disk; download stopped until the next attempt")
+}
+
+// WriteError is the error that stopped this transfer's download, or nil.
+func (x *Transfer) WriteError() error {
+	if p := x.writeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// resume lets a transfer stopped by a write error download again.
+func (x *Transfer) resume() {
+	if x.writeErr.Swap(nil) != nil {
+		x.t.AllowDataDownload()
+	}
 }
 
 // AddServed records n archive bytes of a build sent over HTTP.
@@ -191,12 +218,14 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	s.mu.Lock()
 	if x, ok := s.transfers[t]; ok {
 		s.mu.Unlock()
+		x.resume() // a new attempt after a write error
 		return x, nil
 	}
 	x := &Transfer{s: s, t: t, m: m, path: s.ArchivePath(m.Service, m.Build), started: time.Now(), from: map[string]int64{}}
 	x.avoidOrigin.Store(url != "") // before the engine can be offered the origin as a peer
 	s.transfers[t] = x
 	s.mu.Unlock()
+	t.SetOnWriteChunkError(x.onWriteError)
 	select {
 	case <-t.GotInfo():
 	case <-ctx.Done():
