@@ -425,6 +425,13 @@ func (a *Agent) checkTrust(m *core.Manifest) error {
 	return nil
 }
 
+// forgetTrusted stops serving a build to peers.
+func (a *Agent) forgetTrusted(service, build string) {
+	a.trustedMu.Lock()
+	delete(a.trusted, service+"@"+build)
+	a.trustedMu.Unlock()
+}
+
 // trustedManifest is m if it passed checkTrust on this host, else nil.
 func (a *Agent) trustedManifest(service, build string) *core.Manifest {
 	a.trustedMu.RLock()

@@ -512,6 +512,10 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 				return ctx.Err()
 			}
 			if fctx.Err() != nil {
+				// Stop downloading what nobody wants any more (the engine
+				// went on fetching it to the end); the pieces verified so
+				// far stay, should it be asked for again.
+				x.Pause()
 				s.log.Info().Str("build", m.Build).Msg("fetch abandoned: a newer release was signalled")
 				return errSuperseded
 			}
@@ -538,15 +542,44 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 	}
 }
 
-// prune drops releases (and their archives) beyond KeepReleases.
+// prune drops releases beyond KeepReleases, with their torrents, archives
+// and manifest copies; then builds that were fetched (or begun) here but
+// never installed, as a superseded fetch leaves them, unless this host is
+// their origin (it seeds what it published).
 func (s *service) prune() {
 	for _, b := range s.store.Prune(s.cfg.KeepReleases) {
-		if m, err := s.manifest(context.Background(), b); err == nil {
-			if err := s.a.swarm.Drop(m); err != nil {
-				s.log.Warn().Err(err).Str("build", b).Msg("cannot drop archive")
-			}
-		}
+		s.forget(b)
 		s.log.Info().Str("build", b).Msg("pruned old release")
 	}
+	keep := map[string]bool{s.store.Current(): true, s.store.Previous(): true}
+	for _, b := range s.store.Installed() {
+		keep[b] = true
+	}
+	for _, m := range s.a.knownManifests() {
+		if m.Service != s.name || keep[m.Build] || m.Origin == s.a.cfg.Swarm.Node {
+			continue
+		}
+		s.forget(m.Build)
+		s.log.Info().Str("build", m.Build).Msg("dropped a build fetched (or begun) here but never installed")
+	}
 	s.update(func(st *ServiceStatus) { st.Installed = s.store.Installed() })
+}
+
+// forget stops sharing a build and removes its archive and manifest copy.
+func (s *service) forget(build string) {
+	path := s.a.manifestPath(s.name, build)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if m, err := core.UnmarshalManifest(b); err == nil {
+		if err := s.a.swarm.Drop(m); err != nil {
+			s.log.Warn().Err(err).Str("build", build).Msg("cannot drop archive")
+			return
+		}
+	}
+	s.a.forgetTrusted(s.name, build)
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		s.log.Warn().Err(err).Str("build", build).Msg("cannot remove manifest copy")
+	}
 }

@@ -152,3 +152,68 @@ func TestDiskFullDuringFetch(t *testing.T) {
 	}
 	sameTree(t, src, filepath.Join(small, "data", "services", "web", "current"))
 }
+
+// A fetch superseded by a newer deploy stops, and once the newer build is
+// live the abandoned one is let go: no torrent, archive or manifest copy
+// is kept for a build that was never installed (they used to stay forever,
+// and the engine went on downloading it).
+func TestSupersededFetchIsLetGo(t *testing.T) {
+	f := startFleet(t, 2, 42, func(i int) []string {
+		if i == 1 {
+			return []string{"--service", "web", "--download-rate", "1MB"}
+		}
+		return []string{"--service", "web"}
+	})
+	host := f.Agents[1]
+	dirs := map[string]string{}
+	for b, size := range map[string]int{"v1": 256 << 10, "v2": 16 << 20, "v3": 256 << 10} {
+		dirs[b] = filepath.Join(t.TempDir(), b)
+		makeTree(t, dirs[b], size, b)
+		shoal(t, f, "publish", "--service", "web", "--build", b, dirs[b])
+	}
+	shoal(t, f, "deploy", "web", "v1")
+	if _, err := waitSettled(t, f, "web"); err != nil {
+		t.Fatal(err)
+	}
+	shoal(t, f, "deploy", "web", "v2")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		s := hostStatus(t, f, host)
+		if s.Fetch != nil && s.Fetch.Build == "v2" && s.Fetch.Have > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("v2 never started arriving: %+v", s.Fetch)
+		}
+	}
+	shoal(t, f, "deploy", "web", "v3")
+	st, err := waitSettled(t, f, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st[host.Spec.Node]; s.Current != "v3" || s.Previous != "v1" {
+		t.Fatalf("%s: current %q previous %q, want v3 and v1", host.Spec.Node, s.Current, s.Previous)
+	}
+	for _, p := range []string{"archives/web@v2.tar", "manifests/web@v2.json"} {
+		if _, err := os.Stat(filepath.Join(host.Spec.DataDir, p)); err == nil {
+			t.Errorf("%s still has %s", host.Spec.Node, p)
+		}
+	}
+	for _, p := range []string{"archives/web@v1.tar", "manifests/web@v1.json", "archives/web@v3.tar"} {
+		if _, err := os.Stat(filepath.Join(host.Spec.DataDir, p)); err != nil {
+			t.Errorf("%s lost %s, which it still needs: %v", host.Spec.Node, p, err)
+		}
+	}
+	hs, err := agent.NewClient(host.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sd := range hs.Seeds {
+		if sd.Build == "v2" {
+			t.Errorf("%s still shares v2: %+v", host.Spec.Node, sd)
+		}
+	}
+	// The origin keeps seeding everything it published.
+	if _, err := os.Stat(filepath.Join(f.Agents[0].Spec.DataDir, "archives", "web@v2.tar")); err != nil {
+		t.Errorf("the origin dropped v2: %v", err)
+	}
+}

@@ -156,11 +156,14 @@ func (x *Transfer) WriteError() error {
 	return nil
 }
 
-// resume lets a transfer stopped by a write error download again.
+// Pause stops downloading (a newer release superseded this build); the
+// transfer keeps what it has and resumes if the build is added again.
+func (x *Transfer) Pause() { x.t.DisallowDataDownload() }
+
+// resume lets a transfer stopped by a write error or Pause download again.
 func (x *Transfer) resume() {
-	if x.writeErr.Swap(nil) != nil {
-		x.t.AllowDataDownload()
-	}
+	x.writeErr.Store(nil)
+	x.t.AllowDataDownload()
 }
 
 // AddServed records n archive bytes of a build sent over HTTP.
