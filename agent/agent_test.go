@@ -112,7 +112,8 @@ func TestTwoAgentsInProcess(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`shoal_service_state{service="web",state="active"} 1`, `shoal_members 2`} {
+	for _, want := range []string{`shoal_service_state{service="web",state="active"} 1`, `shoal_members 2`,
+		"go_goroutines ", "process_open_fds ", "process_resident_memory_bytes "} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q:\n%s", want, body)
 		}

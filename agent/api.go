@@ -3,11 +3,9 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/pprof"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -79,7 +77,7 @@ func (a *Agent) controlRoutes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("GET /metrics", a.metrics)
+	mux.Handle("GET /metrics", a.metricsHandler())
 	if a.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -212,61 +210,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
-}
-
-var allStates = []core.State{core.StateIdle, core.StateFetching, core.StateVerifying, core.StateReady,
-	core.StateDraining, core.StateActive, core.StateFailed}
-
-func (a *Agent) metrics(w http.ResponseWriter, r *http.Request) {
-	st := a.fullStatus()
-	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	p("# HELP shoal_members Cluster members this agent sees.")
-	p("# TYPE shoal_members gauge")
-	p("shoal_members %d", st.Members)
-	p("# HELP shoal_service_state 1 for the state each service is in.")
-	p("# TYPE shoal_service_state gauge")
-	for _, s := range st.Services {
-		for _, state := range allStates {
-			v := 0
-			if s.State == state {
-				v = 1
-			}
-			p("shoal_service_state{service=%q,state=%q} %d", s.Service, state, v)
-		}
-	}
-	p("# HELP shoal_service_info Live and desired build of each service.")
-	p("# TYPE shoal_service_info gauge")
-	for _, s := range st.Services {
-		p("shoal_service_info{service=%q,current=%q,desired=%q,previous=%q} 1", s.Service, s.Current, s.Desired, s.Previous)
-	}
-	p("# HELP shoal_fetch_bytes_total Piece bytes received by this host, all builds.")
-	p("# TYPE shoal_fetch_bytes_total counter")
-	for _, s := range st.Services {
-		p("shoal_fetch_bytes_total{service=%q} %d", s.Service, s.BytesReceived)
-	}
-	p("# HELP shoal_fetch_progress_bytes Verified bytes of the last fetch, by source for received bytes.")
-	p("# TYPE shoal_fetch_progress_bytes gauge")
-	for _, s := range st.Services {
-		if f := s.Fetch; f != nil {
-			p("shoal_fetch_progress_bytes{service=%q,build=%q,kind=\"have\"} %d", s.Service, f.Build, f.Have)
-			p("shoal_fetch_progress_bytes{service=%q,build=%q,kind=\"total\"} %d", s.Service, f.Build, f.Total)
-			p("shoal_fetch_progress_bytes{service=%q,build=%q,kind=\"from_origin\"} %d", s.Service, f.Build, f.FromOrigin)
-			p("shoal_fetch_progress_bytes{service=%q,build=%q,kind=\"from_peers\"} %d", s.Service, f.Build, f.FromPeers)
-		}
-	}
-	p("# HELP shoal_upload_bytes_total Piece bytes this host served to peers, by build.")
-	p("# TYPE shoal_upload_bytes_total counter")
-	seeds := append([]swarm.Seed(nil), st.Seeds...)
-	sort.Slice(seeds, func(i, j int) bool { return seeds[i].Build < seeds[j].Build })
-	for _, s := range seeds {
-		p("shoal_upload_bytes_total{service=%q,build=%q} %d", s.Service, s.Build, s.Uploaded)
-	}
-	p("# HELP shoal_state_transitions Recent state transitions kept in history.")
-	p("# TYPE shoal_state_transitions gauge")
-	for _, s := range st.Services {
-		p("shoal_state_transitions{service=%q} %d", s.Service, len(s.History))
-	}
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	_, _ = io.WriteString(w, b.String())
 }
