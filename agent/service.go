@@ -39,6 +39,9 @@ type ServiceStatus struct {
 	// BytesReceived counts every piece byte this service ever fetched on this host.
 	BytesReceived int64        `json:"bytes_received"`
 	LastError     string       `json:"last_error,omitempty"`
+	// Note is about the signal, not this host: e.g. the release key is
+	// gone from Consul, and the live release is kept.
+	Note string `json:"note,omitempty"`
 	LastErrorAt   *time.Time   `json:"last_error_at,omitempty"`
 	History       []Transition `json:"history,omitempty"`
 	// HandledIndex is the Consul ModifyIndex of the last release fully
@@ -172,6 +175,12 @@ func (s *service) fail(build string, err error) {
 // onRelease is the watch callback: remember the newest release, abort a
 // fetch of a build nobody wants any more, and wake the machine.
 func (s *service) onRelease(r *core.Release) {
+	if r == nil {
+		note := "the release key is gone from Consul (data lost, restored or deleted?); keeping the live release " + orNone(s.store.Current()) + " until the next deploy"
+		s.update(func(st *ServiceStatus) { st.Note = note })
+		return
+	}
+	s.update(func(st *ServiceStatus) { st.Note = "" })
 	s.latestMu.Lock()
 	s.latest = r
 	if s.cancelFetch != nil && s.fetching != r.Build {

@@ -243,6 +243,9 @@ func printRows(w io.Writer, rows []HostRow, asJSON bool) error {
 			state += " [INSECURE-DEV]"
 		}
 		errText := s.LastError
+		if s.Note != "" {
+			errText = strings.TrimPrefix(errText+"; "+s.Note, "; ")
+		}
 		if len(r.Banned) > 0 {
 			errText = strings.TrimPrefix(errText+"; banned for corrupt pieces: "+strings.Join(r.Banned, ", "), "; ")
 		}

@@ -217,3 +217,80 @@ func TestSupersededFetchIsLetGo(t *testing.T) {
 		t.Errorf("the origin dropped v2: %v", err)
 	}
 }
+
+// Consul goes away during a deploy and comes back empty (a dev agent keeps
+// its data in memory: this is both the outage and the data loss). The
+// deploy in flight still completes (fail forward: hosts have its manifest),
+// hosts keep their live release and say the release key is gone instead
+// of removing anything, and the next publish and deploy to the new Consul
+// is picked up at once.
+func TestConsulOutageAndDataLoss(t *testing.T) {
+	f := startFleet(t, 3, 44, func(i int) []string {
+		if i == 0 {
+			return []string{"--service", "web", "--upload-rate", "2MB"}
+		}
+		return []string{"--service", "web"}
+	})
+	deployV1(t, f, 256<<10)
+	src2 := filepath.Join(t.TempDir(), "v2")
+	makeTree(t, src2, 8<<20, "v2")
+	shoal(t, f, "publish", "--service", "web", "--build", "v2", src2)
+	shoal(t, f, "deploy", "web", "v2")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		s := hostStatus(t, f, f.Agents[1])
+		if s.Fetch != nil && s.Fetch.Build == "v2" && s.Fetch.Have > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("v2 never started arriving: %+v", s.Fetch)
+		}
+	}
+	f.Consul.Stop()
+	t.Log("Consul stopped mid-fetch")
+	for _, a := range f.Agents {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			s := hostStatus(t, f, a)
+			if s.State == core.StateActive && s.Current == "v2" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not finish v2 without Consul: %s %q", a.Spec.Node, s.State, s.LastError)
+			}
+		}
+	}
+	time.Sleep(3 * time.Second) // agents back off against a dead Consul
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f.Consul.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("Consul back, empty")
+	for _, a := range f.Agents {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			s := hostStatus(t, f, a)
+			if s.Current != "v2" || s.State != core.StateActive {
+				t.Fatalf("%s: %s on %q after Consul lost its data, want still active on v2", a.Spec.Node, s.State, s.Current)
+			}
+			if strings.Contains(s.Note, "release key is gone") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not say the release key is gone: %+v", a.Spec.Node, s)
+			}
+		}
+		sameTree(t, src2, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
+	}
+	src3 := filepath.Join(t.TempDir(), "v3")
+	makeTree(t, src3, 256<<10, "v3")
+	shoal(t, f, "publish", "--service", "web", "--build", "v3", src3)
+	shoal(t, f, "deploy", "web", "v3")
+	st, err := waitSettled(t, f, "web")
+	if err != nil {
+		t.Fatalf("v3 after the data loss: %v", err)
+	}
+	for _, a := range f.Agents {
+		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != "v3" || s.Note != "" {
+			t.Errorf("%s: %s on %q note %q, want active v3 and no note", a.Spec.Node, s.State, s.Current, s.Note)
+		}
+	}
+}

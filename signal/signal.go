@@ -302,9 +302,10 @@ func (c *Client) swapRelease(ctx context.Context, service string, next func(*cor
 	return r, nil
 }
 
-// Watch calls fn with the service's release whenever its ModifyIndex
-// changes (and once at start if it exists). It blocks until ctx is done
-// and returns nil then. fn runs on the watch goroutine; keep it short.
+// Watch calls fn with the service's release whenever it changes (and once
+// at start if it exists), and with nil once if the key disappears after
+// one was seen. It blocks until ctx is done and returns nil then. fn runs
+// on the watch goroutine; keep it short.
 //
 // The loop follows Consul's blocking-query rules: it never blocks on index
 // 0, resets the index when it goes backwards (Consul restored or a new
@@ -351,9 +352,19 @@ func (c *Client) Watch(ctx context.Context, service string, fn func(*core.Releas
 		default:
 			index = meta.LastIndex
 		}
+		if p == nil {
+			if seen != 0 {
+				// The key is gone (Consul lost its data, or someone deleted
+				// it): say so once; it is no reason to remove anything.
+				c.log.Warn().Str("key", key).Msg("the release key is gone from Consul; keeping the live release")
+				seen, seenValue = 0, nil
+				fn(nil)
+			}
+			continue
+		}
 		// A release is new when its index or its content differs: after a
 		// Consul data loss a new release can reuse an index already seen.
-		if p == nil || (p.ModifyIndex == seen && bytes.Equal(p.Value, seenValue)) {
+		if p.ModifyIndex == seen && bytes.Equal(p.Value, seenValue) {
 			continue
 		}
 		seen, seenValue = p.ModifyIndex, p.Value
