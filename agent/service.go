@@ -37,13 +37,13 @@ type ServiceStatus struct {
 	// deploy needed none (the build was already on disk, as in a rollback).
 	Fetch *FetchStatus `json:"fetch,omitempty"`
 	// BytesReceived counts every piece byte this service ever fetched on this host.
-	BytesReceived int64        `json:"bytes_received"`
-	LastError     string       `json:"last_error,omitempty"`
+	BytesReceived int64  `json:"bytes_received"`
+	LastError     string `json:"last_error,omitempty"`
 	// Note is about the signal, not this host: e.g. the release key is
 	// gone from Consul, and the live release is kept.
-	Note string `json:"note,omitempty"`
-	LastErrorAt   *time.Time   `json:"last_error_at,omitempty"`
-	History       []Transition `json:"history,omitempty"`
+	Note        string       `json:"note,omitempty"`
+	LastErrorAt *time.Time   `json:"last_error_at,omitempty"`
+	History     []Transition `json:"history,omitempty"`
 	// HandledIndex is the Consul ModifyIndex of the last release fully
 	// handled; HandledRelease identifies it by index, sequence, build and
 	// time (an index alone repeats after Consul loses its data).

@@ -294,3 +294,52 @@ func TestConsulOutageAndDataLoss(t *testing.T) {
 		}
 	}
 }
+
+// kill -9 of 20 % of the fleet mid-fetch (one host of five), restarted:
+// everyone converges on a byte-identical tree, and the restarted host
+// fetches at most what it was missing plus one piece.
+func TestKillFifthOfFleetMidFetch(t *testing.T) {
+	f := startFleet(t, 5, 45, func(i int) []string {
+		return []string{"--service", "web", "--download-rate", "4MiB"}
+	})
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, 24<<20, "v1")
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	shoal(t, f, "deploy", "web", "v1")
+	victim := f.Agents[4]
+	var have, total, piece int64
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		s := hostStatus(t, f, victim)
+		if s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*100/s.Fetch.Total >= 40 {
+			have, total = s.Fetch.Have, s.Fetch.Total
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fetch never reached 40%%: %+v", s.Fetch)
+		}
+	}
+	victim.Kill()
+	t.Logf("killed %s at %d of %d bytes verified", victim.Spec.Node, have, total)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := victim.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
+		t.Fatal(err)
+	}
+	st, err := waitSettled(t, f, "web")
+	if err != nil {
+		t.Fatalf("did not converge: %v", err)
+	}
+	for _, a := range f.Agents {
+		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != "v1" {
+			t.Errorf("%s: %s on %q (%s)", a.Spec.Node, s.State, s.Current, s.LastError)
+		}
+		sameTree(t, src, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
+	}
+	m := readManifest(t, f, "v1")
+	piece = m.PieceLength
+	s := st[victim.Spec.Node]
+	t.Logf("after restart: resumed %d, received %d (missing were %d, one piece is %d)", s.Fetch.Resumed, s.Fetch.Received, total-have, piece)
+	if s.Fetch.Received > total-have+piece {
+		t.Errorf("the restarted host received %d bytes; only %d were missing (+%d for one piece in flight)", s.Fetch.Received, total-have, piece)
+	}
+}
