@@ -37,13 +37,13 @@ type ServiceStatus struct {
 	// deploy needed none (the build was already on disk, as in a rollback).
 	Fetch *FetchStatus `json:"fetch,omitempty"`
 	// BytesReceived counts every piece byte this service ever fetched on this host.
-	BytesReceived int64  `json:"bytes_received"`
-	LastError     string `json:"last_error,omitempty"`
+	BytesReceived int64        `json:"bytes_received"`
+	LastError     string       `json:"last_error,omitempty"`
+	LastErrorAt   *time.Time   `json:"last_error_at,omitempty"`
+	History       []Transition `json:"history,omitempty"`
 	// Note is about the signal, not this host: e.g. the release key is
 	// gone from Consul, and the live release is kept.
-	Note        string       `json:"note,omitempty"`
-	LastErrorAt *time.Time   `json:"last_error_at,omitempty"`
-	History     []Transition `json:"history,omitempty"`
+	Note string `json:"note,omitempty"`
 	// HandledIndex is the Consul ModifyIndex of the last release fully
 	// handled; HandledRelease identifies it by index, sequence, build and
 	// time (an index alone repeats after Consul loses its data).
@@ -316,6 +316,17 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if errors.Is(err, swap.ErrVerifyFailed) && s.a.cfg.Fetch == FetchSwarm {
+				// The archive on disk is not what the pieces' hashes said
+				// when they arrived (a disk fault, or someone wrote to it):
+				// re-hash, and fetch the pieces that fail again.
+				if bad, rerr := s.a.swarm.Reverify(ctx, s.name, build); rerr == nil && bad > 0 {
+					msg := fmt.Sprintf("verify %s: %d pieces of the archive on disk failed their hash; fetching them again", build, bad)
+					now := time.Now().UTC()
+					s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = msg, &now })
+					return fmt.Errorf("%w: %s", errRetry, msg)
+				}
 			}
 			s.fail(build, fmt.Errorf("verify %s on %s: %w; the live release (%s) is untouched", build, s.a.cfg.Swarm.Node, err, orNone(s.store.Current())))
 			return err

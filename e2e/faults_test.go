@@ -343,3 +343,53 @@ func TestKillFifthOfFleetMidFetch(t *testing.T) {
 		t.Errorf("the restarted host received %d bytes; only %d were missing (+%d for one piece in flight)", s.Fetch.Received, total-have, piece)
 	}
 }
+
+// A seed whose archive was damaged on disk while idle: the scrub finds the
+// bad pieces, stops serving them and fetches them again from peers, and
+// status counts them. The live release (an unpacked tree) is not touched.
+func TestScrubRepairsIdleCorruption(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "scrub.json")
+	if err := os.WriteFile(cfg, []byte(`{"swarm":{"scrub_interval":"500ms"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := startFleet(t, 3, 46, func(int) []string { return []string{"--service", "web", "--config", cfg} })
+	src := deployV1(t, f, 4<<20)
+	host := f.Agents[1]
+	arch := filepath.Join(host.Spec.DataDir, "archives", "web@v1.tar")
+	want, err := os.ReadFile(arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh, err := os.OpenFile(arch, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteAt(make([]byte, 1<<20), 1<<20); err != nil { // a megabyte of zeros, mid-archive
+		t.Fatal(err)
+	}
+	fh.Close()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		got, _ := os.ReadFile(arch)
+		if string(got) == string(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the damaged archive was not repaired")
+		}
+	}
+	hs, err := agent.NewClient(host.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bad int64
+	for _, sd := range hs.Seeds {
+		if sd.Build == "v1" {
+			bad = sd.BadOnDisk
+		}
+	}
+	if bad == 0 {
+		t.Errorf("status does not count the bad pieces: %+v", hs.Seeds)
+	}
+	t.Logf("%s re-fetched %d bad pieces", host.Spec.Node, bad)
+	sameTree(t, src, filepath.Join(host.Spec.DataDir, "services", "web", "current"))
+}

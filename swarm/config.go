@@ -44,6 +44,10 @@ type Config struct {
 	// as a peer (a peer offered before it had the build is not retried by
 	// the torrent engine on its own). Default 2s.
 	PeerRefresh core.Duration `json:"peer_refresh,omitempty"`
+	// ScrubInterval is how often one complete build this host shares is
+	// re-hashed piece by piece (in turn); pieces that no longer match are
+	// fetched again from peers. Default 1h; negative turns it off.
+	ScrubInterval core.Duration `json:"scrub_interval,omitempty"`
 	// JoinRetry is how often to retry joining while no other member is known. Default 2s.
 	JoinRetry core.Duration `json:"join_retry,omitempty"`
 	// Gossip picks memberlist timings: "lan" (default, tuned for up to a
@@ -63,6 +67,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.PeerRefresh == 0 {
 		c.PeerRefresh = core.Duration(2 * time.Second)
+	}
+	if c.ScrubInterval == 0 {
+		c.ScrubInterval = core.Duration(time.Hour)
 	}
 	if c.JoinRetry == 0 {
 		c.JoinRetry = core.Duration(2 * time.Second)

@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -200,6 +201,13 @@ func (s *Swarm) Run(ctx context.Context) error {
 	defer joinTick.Stop()
 	peerTick := time.NewTicker(s.cfg.PeerRefresh.D())
 	defer peerTick.Stop()
+	var scrub <-chan time.Time
+	if s.cfg.ScrubInterval > 0 {
+		t := time.NewTicker(s.cfg.ScrubInterval.D())
+		defer t.Stop()
+		scrub = t.C
+	}
+	scrubbed := 0
 	s.join()
 	lastJoin := time.Now()
 	s.refreshPeers()
@@ -220,6 +228,8 @@ func (s *Swarm) Run(ctx context.Context) error {
 			s.refreshPeers()
 		case <-peerTick.C:
 			s.refreshPeers()
+		case <-scrub:
+			scrubbed = s.scrubOne(ctx, scrubbed)
 		}
 	}
 }
@@ -278,9 +288,11 @@ func (s *Swarm) refreshPeers() {
 	}
 	s.mu.Unlock()
 	for _, x := range xs {
-		// A complete host, and the origin, only answer: the hosts still
-		// fetching dial them (and the origin's first copies go by HTTP).
-		if x.t.Complete().Bool() || x.m.Origin == s.cfg.Node {
+		// A complete host only answers: the hosts still fetching dial it.
+		// (The origin's first copies go by HTTP; an origin is incomplete
+		// only while hashing its copy, or after a re-hash found bad pieces,
+		// which it then fetches from the peers that have them.)
+		if x.t.Complete().Bool() {
 			continue
 		}
 		ps := peers
@@ -295,6 +307,29 @@ func (s *Swarm) refreshPeers() {
 		}
 		x.t.AddPeers(ps)
 	}
+}
+
+// scrubOne re-hashes the next complete build (in turn) and returns the
+// position to start from next time. It runs on Run's goroutine: one build
+// at a time, at most once per ScrubInterval.
+func (s *Swarm) scrubOne(ctx context.Context, next int) int {
+	s.mu.RLock()
+	var xs []*Transfer
+	for _, x := range s.transfers {
+		if x.t.Complete().Bool() {
+			xs = append(xs, x)
+		}
+	}
+	s.mu.RUnlock()
+	if len(xs) == 0 {
+		return 0
+	}
+	sort.Slice(xs, func(i, j int) bool { return xs[i].path < xs[j].path })
+	x := xs[next%len(xs)]
+	if _, err := x.reverify(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Str("build", x.m.Build).Msg("scrub failed")
+	}
+	return next + 1
 }
 
 // rejoinEvery is how often a member contacts its join addresses again.

@@ -137,6 +137,44 @@ type Transfer struct {
 	// writeErr is the last error writing a piece to disk (ENOSPC, EIO);
 	// downloading stops until Resume.
 	writeErr atomic.Pointer[error]
+	// badOnDisk counts pieces that were complete here and failed a later
+	// re-hash (scrub, or a failed SHA-256 check of the whole archive).
+	badOnDisk atomic.Int64
+}
+
+// Reverify re-hashes every piece of a build this host holds. Pieces that
+// fail are marked missing, so the engine fetches them again from peers;
+// it returns how many failed.
+func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error) {
+	x := s.transferOf(service, build)
+	if x == nil {
+		return 0, fmt.Errorf("swarm: reverify %s/%s: not shared by this host", service, build)
+	}
+	return x.reverify(ctx)
+}
+
+func (x *Transfer) reverify(ctx context.Context) (int, error) {
+	if err := x.t.VerifyDataContext(ctx); err != nil {
+		return 0, fmt.Errorf("swarm: reverify %s/%s: %w", x.m.Service, x.m.Build, err)
+	}
+	bad := 0
+	for i := 0; i < x.t.NumPieces(); i++ {
+		if !x.t.PieceState(i).Complete {
+			bad++
+		}
+	}
+	if bad > 0 {
+		x.badOnDisk.Add(int64(bad))
+		x.resume()
+		x.t.DownloadAll()
+		x.s.log.Error().Str("service", x.m.Service).Str("build", x.m.Build).Int("pieces", bad).
+			Msg("pieces on disk failed their hash; fetching them again from peers")
+		select {
+		case x.s.nudge <- struct{}{}:
+		default:
+		}
+	}
+	return bad, nil
 }
 
 // onWriteError stops downloading after a piece could not be written to
@@ -359,6 +397,9 @@ type Seed struct {
 	Total    int64  `json:"total"`
 	Uploaded int64  `json:"uploaded"`
 	Peers    int    `json:"peers"`
+	// BadOnDisk counts pieces that were complete here and failed a later
+	// re-hash; they were fetched again.
+	BadOnDisk int64 `json:"bad_on_disk,omitempty"`
 }
 
 // Seeds lists every build this host shares, sorted by service and build.
@@ -372,7 +413,7 @@ func (s *Swarm) Seeds() []Seed {
 	out := make([]Seed, 0, len(xs))
 	for _, x := range xs {
 		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.verified(), Total: x.m.Size,
-			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns())})
+			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns()), BadOnDisk: x.badOnDisk.Load()})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Service != out[j].Service {
