@@ -8,7 +8,7 @@ export CGO_ENABLED = 0
 RACE_TAGS := nosqlite,disable_libutp
 UNIT_PKGS := ./core/... ./signal/... ./swap/... ./swarm/... ./agent/... ./cli/... ./fleet/... ./bench/...
 
-.PHONY: all build consul test unit e2e vet demo bench clean fuzz
+.PHONY: all build consul test unit e2e vet demo bench clean fuzz faults
 
 all: build
 
@@ -34,6 +34,12 @@ e2e: consul build
 	$(GO) test -count=1 -timeout 15m ./e2e/...
 
 test: vet unit e2e
+
+# The fault suite's long versions (make test runs a short one of each):
+# 20 rounds of kill -9 at every deploy step, a soak of 100 deploys.
+faults: consul build
+	SHOAL_CRASH_ROUNDS=20 SHOAL_SOAK_DEPLOYS=100 $(GO) test -count=1 -timeout 60m -v \
+		-run 'TestKillAtEveryStep|TestSoakDeploys|TestKillFifthOfFleetMidFetch|TestOriginDiesMidFetch|TestConsulOutageAndDataLoss|TestDiskFullDuringFetch|TestScrubRepairsIdleCorruption|TestSupersededFetchIsLetGo' ./e2e/...
 
 # Each fuzz target for FUZZTIME (make test runs their seed corpora).
 FUZZTIME ?= 30s

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +25,16 @@ var crashSteps = []string{"unpacked", "installed", "before-drain", "after-drain"
 // its own, `current` names a complete release of the deployed build, and
 // activate and health ran for it after the crash (a crash after the switch
 // used to skip both: the restarted agent called the build "already live").
+// SHOAL_CRASH_ROUNDS (default 1; `make faults` runs 20) repeats the steps.
 func TestKillAtEveryStep(t *testing.T) {
+	rounds := 1
+	if v, err := strconv.Atoi(os.Getenv("SHOAL_CRASH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	steps := []string{""}
+	for r := 0; r < rounds; r++ {
+		steps = append(steps, crashSteps...)
+	}
 	f := startFleet(t, 2, 39, func(int) []string { return hookArgs() })
 	victim := f.Agents[1]
 	hooksLog := filepath.Join(victim.Spec.DataDir, "services", "web", "hooks.log")
@@ -39,7 +49,7 @@ func TestKillAtEveryStep(t *testing.T) {
 		}
 		waitMembers(t, f, 2)
 	}
-	for i, step := range append([]string{""}, crashSteps...) {
+	for i, step := range steps {
 		build := fmt.Sprintf("v%d", i)
 		src := filepath.Join(t.TempDir(), build)
 		makeTree(t, src, 256<<10, build)
