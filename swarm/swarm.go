@@ -288,11 +288,11 @@ func (s *Swarm) refreshPeers() {
 	}
 	s.mu.Unlock()
 	for _, x := range xs {
-		// A complete host only answers: the hosts still fetching dial it.
-		// (The origin's first copies go by HTTP; an origin is incomplete
-		// only while hashing its copy, or after a re-hash found bad pieces,
-		// which it then fetches from the peers that have them.)
-		if x.t.Complete().Bool() {
+		// A complete host, and the origin, only answer: the hosts still
+		// fetching dial them (and the origin's first copies go by HTTP;
+		// a host that dials the origin could be asked for pieces by it).
+		// An origin dials only to repair pieces a re-hash found bad.
+		if x.t.Complete().Bool() || (x.m.Origin == s.cfg.Node && !x.repairing.Load()) {
 			continue
 		}
 		ps := peers

@@ -165,7 +165,10 @@ func TestOriginSlices(t *testing.T) {
 		if got, _ := os.ReadFile(x.Path()); string(got) != string(data) {
 			t.Fatalf("node %d: archive differs", i)
 		}
-		if i > 0 && len(x.slice) == 0 {
+		x.mu.Lock()
+		pulled := len(x.slice)
+		x.mu.Unlock()
+		if i > 0 && pulled == 0 {
 			t.Errorf("node %d pulled no piece from the origin", i)
 		}
 	}

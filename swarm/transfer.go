@@ -121,7 +121,7 @@ type Transfer struct {
 	// initial is what was already verified on disk when the transfer was added.
 	initial int64
 
-	mu   sync.Mutex       // guards from
+	mu   sync.Mutex       // guards from and slice
 	from map[string]int64 // useful bytes received, by sending node
 
 	// slice lists the pieces this host pulled from the origin over HTTP
@@ -140,6 +140,9 @@ type Transfer struct {
 	// badOnDisk counts pieces that were complete here and failed a later
 	// re-hash (scrub, or a failed SHA-256 check of the whole archive).
 	badOnDisk atomic.Int64
+	// repairing is set while pieces a re-hash found bad are fetched again
+	// (the origin then dials peers, which it otherwise never does).
+	repairing atomic.Bool
 }
 
 // Reverify re-hashes every piece of a build this host holds. Pieces that
@@ -165,6 +168,7 @@ func (x *Transfer) reverify(ctx context.Context) (int, error) {
 	}
 	if bad > 0 {
 		x.badOnDisk.Add(int64(bad))
+		x.repairing.Store(true)
 		x.resume()
 		x.t.DownloadAll()
 		x.s.log.Error().Str("service", x.m.Service).Str("build", x.m.Build).Int("pieces", bad).
