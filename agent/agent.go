@@ -30,6 +30,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -176,6 +177,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	serve("peer", psrv, a.pln)
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = a.swarm.Run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.stayRegistered(ctx) }()
 	a.reseed(ctx)
 	a.mu.RLock()
 	for _, s := range a.services {
@@ -201,6 +204,50 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	default:
 		return nil
+	}
+}
+
+// stayRegistered keeps this host in Consul's catalog as one that should
+// run its services (see signal.Register), re-registering after Consul
+// comes back or loses its data, and leaves the catalog on a clean stop. A
+// host that dies stays registered with a failing check, so `shoal status
+// --wait` names it instead of counting only the hosts that are left.
+func (a *Agent) stayRegistered(ctx context.Context) {
+	services := make([]string, 0, len(a.cfg.Services))
+	for name := range a.cfg.Services {
+		services = append(services, name)
+	}
+	sort.Strings(services)
+	_, portStr, _ := net.SplitHostPort(a.cfg.PeerAPI)
+	port, _ := strconv.Atoi(portStr)
+	node := a.cfg.Swarm.Node
+	registered := false
+	tick := time.NewTicker(signal.HostTTL / 3)
+	defer tick.Stop()
+	for {
+		var err error
+		if registered {
+			err = a.sig.Heartbeat(ctx, node)
+		}
+		if !registered || err != nil {
+			if err = a.sig.Register(ctx, node, a.cfg.Swarm.BindAddr, port, services); err == nil {
+				registered = true
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			registered = false
+			a.log.Debug().Err(err).Msg("cannot register in Consul's catalog yet; will retry")
+		}
+		select {
+		case <-ctx.Done():
+			if registered {
+				if err := a.sig.Deregister(context.WithoutCancel(ctx), node); err != nil {
+					a.log.Warn().Err(err).Msg("cannot leave Consul's catalog; the host will show as down there")
+				}
+			}
+			return
+		case <-tick.C:
+		}
 	}
 }
 
@@ -258,6 +305,8 @@ type PublishRequest struct {
 	Build   string `json:"build"`
 	// Dir is an absolute path on this host, inside publish_roots if set.
 	Dir string `json:"dir"`
+	// AllowEmpty publishes a directory with nothing in it (refused otherwise).
+	AllowEmpty bool `json:"allow_empty,omitempty"`
 }
 
 // PublishResponse is the manifest of a packed build. Published is true if
@@ -309,8 +358,8 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*PublishRespon
 	if err != nil {
 		return nil, fmt.Errorf("agent: publish %s/%s: %w", req.Service, req.Build, err)
 	}
-	if ps.Entries == 0 {
-		return nil, fmt.Errorf("agent: publish %s/%s: %s is empty; a build needs at least one file", req.Service, req.Build, dir)
+	if ps.Entries == 0 && !req.AllowEmpty {
+		return nil, fmt.Errorf("agent: publish %s/%s: %s is empty; a build needs at least one file (or --allow-empty)", req.Service, req.Build, dir)
 	}
 	if old != nil {
 		if sum := hex.EncodeToString(h.Sum(nil)); sum != old.SHA256 {

@@ -493,7 +493,7 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var last swarm.Progress
-	lastAt, lastGain := time.Now(), time.Now()
+	lastAt, lastGain, lastSave := time.Now(), time.Now(), time.Now()
 	sample := func(final bool) swarm.Progress {
 		p := x.Progress()
 		now := time.Now()
@@ -542,6 +542,12 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 			return fmt.Errorf("%w: %v", errRetry, err)
 		case <-tick.C:
 			p := sample(false)
+			if time.Since(lastSave) >= 5*time.Second {
+				// bytes_received survives a restart mid-fetch (it was only
+				// written at the end, so a restarted host undercounted)
+				s.update(func(*ServiceStatus) {})
+				lastSave = time.Now()
+			}
 			if werr := x.WriteError(); werr != nil {
 				free, _ := swap.FreeBytes(s.a.cfg.DataDir)
 				err := fmt.Errorf("fetch of %s stopped: cannot write to %s: %v (%d of %d bytes fetched, %d bytes free); free space and it resumes",

@@ -58,8 +58,12 @@ func TestSettled(t *testing.T) {
 		// desired, active on it: not done (it used to count as settled)
 		{"not seen yet", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateActive, "v1", "v1", 4)}, false, 0},
 		{"failed on the previous release", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateFailed, "v1", "v1", 4)}, false, 0},
+		// a host the catalog expects and whose check fails does not block,
+		// and is reported (exit 2); one merely not heard from yet blocks
+		{"one down", []HostRow{row(core.StateActive, "v2", "v2", 5), {Node: "h3", Down: true}}, true, 0},
+		{"one not heard from", []HostRow{row(core.StateActive, "v2", "v2", 5), {Node: "h3", Error: "not in gossip"}}, false, 0},
 	} {
-		done, failed := settled(tc.rows, &core.Release{Build: "v2", Seq: 5})
+		done, failed, _ := settled(tc.rows, &core.Release{Build: "v2", Seq: 5})
 		if done != tc.done || failed != tc.failed {
 			t.Errorf("%s: settled = %v, %d; want %v, %d", tc.name, done, failed, tc.done, tc.failed)
 		}

@@ -23,6 +23,7 @@ func runPublish(ctx context.Context, env Env, args []string) error {
 	api := fs.String("api", apiDefault(env), "address of the local agent's control API ($SHOAL_API)")
 	key := fs.String("key", env.Getenv("SHOAL_SIGNING_KEY"), "signing key from `shoal keygen`: the key or @FILE ($SHOAL_SIGNING_KEY)")
 	asJSON := fs.Bool("json", false, "print the manifest as JSON")
+	allowEmpty := fs.Bool("allow-empty", false, "publish an empty directory (refused otherwise)")
 	pos, err := interleave(fs, args)
 	if err != nil {
 		return err
@@ -60,7 +61,7 @@ func runPublish(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	start := time.Now()
-	m, already, err := c.Publish(ctx, agent.PublishRequest{Service: *service, Build: *build, Dir: dir}, signer)
+	m, already, err := c.Publish(ctx, agent.PublishRequest{Service: *service, Build: *build, Dir: dir, AllowEmpty: *allowEmpty}, signer)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,9 @@ type HostRow struct {
 	Insecure bool `json:"insecure_dev,omitempty"`
 	// Banned lists peers this host banned for sending corrupt pieces.
 	Banned []string `json:"banned_peers,omitempty"`
+	// Down: registered in Consul's catalog for this service, absent from
+	// gossip, its check failing: the host should run it and is down.
+	Down bool `json:"down,omitempty"`
 }
 
 func runStatus(ctx context.Context, env Env, args []string) error {
@@ -32,7 +35,8 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 			"state, live and desired build, fetch progress, bytes from the origin vs peers, errors.\n"+
 			"With --wait, read the release from Consul and keep polling until every host has handled\n"+
 			"that release (its build and sequence number): exit 0 if all are active on it, 1 if any\n"+
-			"failed, 2 if it timed out or a host cannot be reached.")
+			"failed, 2 if it timed out or a host that should run SERVICE (registered in Consul's\n"+
+			"catalog) is down.")
 	api := fs.String("api", apiDefault(env), "address of any agent's API ($SHOAL_API)")
 	var c consulFlags
 	c.bind(fs)
@@ -88,6 +92,11 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 		if err != nil {
 			return err
 		}
+		if *wait {
+			if rows, err = withExpected(ctx, c, rows, service); err != nil {
+				return err
+			}
+		}
 		if *watch {
 			fmt.Fprint(env.Stdout, "\033[H\033[2J")
 			_ = printRows(env.Stdout, rows, false)
@@ -96,14 +105,13 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 			last = line
 		}
 		if *wait {
-			if done, failed := settled(rows, rel); done {
-				if *asJSON {
-					_ = printRows(env.Stdout, rows, true)
-				} else {
-					_ = printRows(env.Stdout, rows, false)
-				}
+			if done, failed, down := settled(rows, rel); done {
+				_ = printRows(env.Stdout, rows, *asJSON)
 				if failed > 0 {
 					return fmt.Errorf("%d host(s) failed; see the ERROR column", failed)
+				}
+				if len(down) > 0 {
+					return exitCode(2, fmt.Errorf("%d host(s) that should run %s are down: %s", len(down), service, strings.Join(down, ", ")))
 				}
 				return nil
 			}
@@ -141,21 +149,49 @@ func fleetRows(ctx context.Context, c *agent.Client, service string) ([]HostRow,
 	return rows, nil
 }
 
-// settled: every host has handled release rel: active on its build, or
-// failed while handling it (same build and sequence number).
-func settled(rows []HostRow, rel *core.Release) (done bool, failed int) {
+// settled: every host has handled release rel (active on its build, or
+// failed while handling it: same build and sequence number), or is down
+// (expected from Consul's catalog, not heard from).
+func settled(rows []HostRow, rel *core.Release) (done bool, failed int, down []string) {
 	if len(rows) == 0 || rel == nil {
-		return false, 0
+		return false, 0, nil
 	}
 	for _, r := range rows {
-		if !handled(r, rel) {
-			return false, 0
-		}
-		if r.Service.State == core.StateFailed {
+		switch {
+		case r.Down:
+			down = append(down, r.Node)
+		case !handled(r, rel):
+			return false, 0, nil
+		case r.Service.State == core.StateFailed:
 			failed++
 		}
 	}
-	return true, failed
+	return true, failed, down
+}
+
+// withExpected adds a row for every host Consul's catalog says should run
+// service but gossip does not list: down if its check fails, otherwise
+// not heard from yet.
+func withExpected(ctx context.Context, c consulFlags, rows []HostRow, service string) ([]HostRow, error) {
+	sig, err := c.client()
+	if err != nil {
+		return nil, err
+	}
+	hosts, err := sig.ExpectedHosts(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, r := range rows {
+		seen[r.Node] = true
+	}
+	for _, h := range hosts {
+		if seen[h.Node] {
+			continue
+		}
+		rows = append(rows, HostRow{Node: h.Node, Error: "not in gossip: " + h.String(), Down: h.Status == "critical"})
+	}
+	return rows, nil
 }
 
 func handled(r HostRow, rel *core.Release) bool {

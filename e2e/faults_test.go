@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -392,4 +393,31 @@ func TestScrubRepairsIdleCorruption(t *testing.T) {
 	}
 	t.Logf("%s re-fetched %d bad pieces", host.Spec.Node, bad)
 	sameTree(t, src, filepath.Join(host.Spec.DataDir, "services", "web", "current"))
+}
+
+// A host that should run the service (registered in Consul's catalog) and
+// is dead: `status --wait` does not count the hosts that are left and call
+// it done; it waits until the dead host's check fails, then exits 2
+// naming it. (It used to exit 0 with "2 hosts: 2 active".)
+func TestStatusWaitNamesDeadHost(t *testing.T) {
+	f := startFleet(t, 3, 47, func(int) []string { return []string{"--service", "web"} })
+	deployV1(t, f, 256<<10)
+	f.Agents[2].Kill()
+	src := filepath.Join(t.TempDir(), "v2")
+	makeTree(t, src, 256<<10, "v2")
+	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	shoal(t, f, "deploy", "web", "v2")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := f.Shoal(ctx, "status", "web", "--wait", "--timeout", "2m")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(err.Error(), "host-3") || !strings.Contains(err.Error(), "down") {
+		t.Fatalf("status --wait with host-3 dead: %v, want exit 2 naming host-3 as down\n%s", err, out)
+	}
+	t.Logf("status --wait: %v", err)
+	for _, a := range f.Agents[:2] {
+		if s := hostStatus(t, f, a); s.State != core.StateActive || s.Current != "v2" {
+			t.Errorf("%s: %s on %q", a.Spec.Node, s.State, s.Current)
+		}
+	}
 }

@@ -397,6 +397,9 @@ func TestCorruptPeerIsBanned(t *testing.T) {
 	if !found {
 		t.Errorf("host-4 does not report host-2 banned: %+v", rows)
 	}
+	if b, _ := os.ReadFile(late.Log); !strings.Contains(string(b), `"component":"torrent"`) || !strings.Contains(string(b), "banned peer") {
+		t.Errorf("host-4's log does not show the engine's ban:\n%s", tailLines(string(b), 15))
+	}
 	t.Logf("host-4 took %d bytes from peers, %d from the origin, for a %d byte build", s.Fetch.FromPeers, s.Fetch.FromOrigin, s.Fetch.Total)
 }
 

@@ -92,6 +92,7 @@ func (c Config) Validate() error {
 type Client struct {
 	cfg  Config
 	kv   *api.KV
+	cl   *api.Client
 	log  zerolog.Logger
 	addr string
 }
@@ -119,7 +120,7 @@ func New(cfg Config, log zerolog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signal: consul client for %s: %w", ac.Address, err)
 	}
-	return &Client{cfg: cfg, kv: cl.KV(), log: log, addr: ac.Address}, nil
+	return &Client{cfg: cfg, kv: cl.KV(), cl: cl, log: log, addr: ac.Address}, nil
 }
 
 // Address is the Consul address in use (for messages).

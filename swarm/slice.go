@@ -206,7 +206,7 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 			x.onWriteError(err)
 			return slowest, fmt.Errorf("piece %d: write: %w", i, err)
 		}
-		if err := x.t.Piece(i).VerifyDataContext(ctx); err != nil {
+		if err := x.verify(func() error { return x.t.Piece(i).VerifyDataContext(ctx) }); err != nil {
 			return slowest, fmt.Errorf("piece %d: verify: %w", i, err)
 		}
 		if !x.waitPieceComplete(ctx, i) {

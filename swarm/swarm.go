@@ -117,7 +117,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc := torrent.NewDefaultClientConfig()
 	tc.DefaultStorage = exactHashStorage{storage.NewFileOpts(storage.NewFileClientOpts{
 		// v1.61 logs a spurious flush warning for .part paths even with part
-		// files off; the engine's own logs are discarded (see Slogger below).
+		// files off: the storage's log is discarded (the engine's is not).
 		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(), Logger: discard,
 		TorrentDirMaker: func(base string, _ *metainfo.Info, _ metainfo.Hash) string { return base },
 	})}
@@ -152,7 +152,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.DialRateLimiter = rate.NewLimiter(200, 50)
 	tc.MinDialTimeout = time.Second
 	tc.NominalDialTimeout = 5 * time.Second
-	tc.Slogger = discard
+	tc.Slogger = newEngineLog(log) // bans and hash failures show as warnings
 	// One limiter per direction, shared by the torrent engine and the HTTP
 	// slice transfers, so the configured cap holds for the host as a whole.
 	if cfg.UploadRate > 0 {

@@ -3,6 +3,7 @@ package swarm
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -248,4 +249,35 @@ func publish(t *testing.T, origin *Swarm, size int) (*core.Manifest, []byte) {
 		t.Fatal(err)
 	}
 	return m, data
+}
+
+// Verifying a transfer that was just dropped (a slice pull or a scrub
+// racing the drop of a build nobody wants) must neither verify nor leave
+// the engine locked: in v1.61 Piece.VerifyDataContext on a dropped torrent
+// returns with the engine's lock held, and the next status froze the agent.
+func TestVerifyAfterDropDoesNotFreeze(t *testing.T) {
+	ctx := context.Background()
+	nodes := startSwarms(t, 1, 44, zerolog.Nop(), nil)
+	s := nodes[0]
+	m, _ := publish(t, s, 1<<20)
+	x, err := s.Add(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Drop(m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.reverify(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("reverify after drop: %v, want ErrClosed", err)
+	}
+	done := make(chan struct{})
+	go func() { s.Seeds(); s.BannedPeers(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the engine stayed locked after verifying a dropped transfer")
+	}
 }

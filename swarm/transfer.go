@@ -143,6 +143,23 @@ type Transfer struct {
 	// repairing is set while pieces a re-hash found bad are fetched again
 	// (the origin then dials peers, which it otherwise never does).
 	repairing atomic.Bool
+
+	life    sync.RWMutex // read-held around verify calls; Drop write-holds it
+	dropped bool         // guarded by life
+}
+
+// verify runs f (a piece or torrent verification) unless the transfer was
+// dropped, and keeps Drop waiting until f returns. In v1.61
+// Piece.VerifyDataContext on a dropped torrent returns with the engine's
+// lock still held, which froze the whole agent (a superseded fetch's slice
+// pull verifying a piece as the build was let go).
+func (x *Transfer) verify(f func() error) error {
+	x.life.RLock()
+	defer x.life.RUnlock()
+	if x.dropped {
+		return fmt.Errorf("swarm: %s/%s: %w", x.m.Service, x.m.Build, ErrClosed)
+	}
+	return f()
 }
 
 // Reverify re-hashes every piece of a build this host holds. Pieces that
@@ -157,7 +174,7 @@ func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error
 }
 
 func (x *Transfer) reverify(ctx context.Context) (int, error) {
-	if err := x.t.VerifyDataContext(ctx); err != nil {
+	if err := x.verify(func() error { return x.t.VerifyDataContext(ctx) }); err != nil {
 		return 0, fmt.Errorf("swarm: reverify %s/%s: %w", x.m.Service, x.m.Build, err)
 	}
 	bad := 0
@@ -288,9 +305,17 @@ func (s *Swarm) Drop(m *core.Manifest) error {
 	ih := metainfo.NewHashFromHex(m.InfoHash)
 	if t, ok := s.cl.Torrent(ih); ok {
 		s.mu.Lock()
+		x := s.transfers[t]
 		delete(s.transfers, t)
 		s.mu.Unlock()
-		t.Drop()
+		if x != nil {
+			x.life.Lock() // no verification in progress, none after
+			x.dropped = true
+			t.Drop()
+			x.life.Unlock()
+		} else {
+			t.Drop()
+		}
 	}
 	err := os.Remove(s.ArchivePath(m.Service, m.Build))
 	if err != nil && !os.IsNotExist(err) {
