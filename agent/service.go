@@ -328,7 +328,11 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 					return fmt.Errorf("%w: %s", errRetry, msg)
 				}
 			}
-			s.fail(build, fmt.Errorf("verify %s on %s: %w; the live release (%s) is untouched", build, s.a.cfg.Swarm.Node, err, orNone(s.store.Current())))
+			step := "verify"
+			if !errors.Is(err, swap.ErrVerifyFailed) {
+				step = "install"
+			}
+			s.fail(build, fmt.Errorf("%s %s on %s: %w; the live release (%s) is untouched", step, build, s.a.cfg.Swarm.Node, err, orNone(s.store.Current())))
 			return err
 		}
 		s.to(core.StateReady, build, "")
@@ -483,10 +487,13 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 		return fmt.Errorf("%w: %v", errRetry, err)
 	}
 	start := time.Now().UTC()
+	// The transfer may be older than this fetch (a retry, a build asked
+	// for again): count only what arrives from now on.
+	before := x.Progress().Received
 	s.mu.Lock()
 	s.x = x
 	s.st.Fetch = &FetchStatus{Build: m.Build, Started: start}
-	base := s.st.BytesReceived
+	base := s.st.BytesReceived - before
 	s.mu.Unlock()
 	done := make(chan error, 1)
 	go func() { done <- x.Wait(fctx) }()

@@ -13,6 +13,7 @@ import (
 	"github.com/shoal-deploy/shoal/agent"
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/fleet"
+	"github.com/shoal-deploy/shoal/swap"
 )
 
 // hostStatus asks one agent directly (the fleet's first agent may be down).
@@ -23,6 +24,53 @@ func hostStatus(t *testing.T, f *fleet.Fleet, a *fleet.Agent) agent.ServiceStatu
 		t.Fatalf("status of %s: %v", a.Spec.Node, err)
 	}
 	return st.Services[0]
+}
+
+// waitHost polls one agent until cond holds, and fails the test naming
+// what it waited for if that takes longer than limit.
+func waitHost(t *testing.T, f *fleet.Fleet, a *fleet.Agent, limit time.Duration, what string, cond func(agent.ServiceStatus) bool) agent.ServiceStatus {
+	t.Helper()
+	for deadline := time.Now().Add(limit); ; time.Sleep(100 * time.Millisecond) {
+		s := hostStatus(t, f, a)
+		if cond(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: waited %s for %s: %s on %q, fetch %+v, last error %q", a.Spec.Node, limit, what, s.State, s.Current, s.Fetch, s.LastError)
+		}
+	}
+}
+
+// fetched holds once at least 1/part of the current fetch is verified.
+func fetched(part int64) func(agent.ServiceStatus) bool {
+	return func(s agent.ServiceStatus) bool {
+		return s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*part >= s.Fetch.Total
+	}
+}
+
+// arriving holds once some of build has arrived.
+func arriving(build string) func(agent.ServiceStatus) bool {
+	return func(s agent.ServiceStatus) bool { return s.Fetch != nil && s.Fetch.Build == build && s.Fetch.Have > 0 }
+}
+
+// activeOn holds once the host is active on build.
+func activeOn(build string) func(agent.ServiceStatus) bool {
+	return func(s agent.ServiceStatus) bool { return s.State == core.StateActive && s.Current == build }
+}
+
+// smallDisk mounts a tmpfs of size (e.g. "16m") for a data dir, or skips
+// the test when that is not allowed (not root).
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "small")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a %s tmpfs for a data dir (needs root): %v %s", size, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	return dir
 }
 
 // The origin dies before every piece has left it: the fetching hosts say,
@@ -44,16 +92,8 @@ func TestOriginDiesMidFetch(t *testing.T) {
 	makeTree(t, src, 12<<20, "v1")
 	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
 	shoal(t, f, "deploy", "web", "v1")
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		s := hostStatus(t, f, watcher)
-		if s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*4 >= s.Fetch.Total {
-			t.Logf("killing the origin with %s at %d of %d bytes", watcher.Spec.Node, s.Fetch.Have, s.Fetch.Total)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the fetch never reached 25%%: %+v", s.Fetch)
-		}
-	}
+	s := waitHost(t, f, watcher, time.Minute, "the fetch reaching 25%", fetched(4))
+	t.Logf("killing the origin with %s at %d of %d bytes", watcher.Spec.Node, s.Fetch.Have, s.Fetch.Total)
 	origin.Kill()
 	var msg string
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
@@ -95,29 +135,14 @@ func TestOriginDiesMidFetch(t *testing.T) {
 // host says it cannot write and how much is free, does not crash, leaves
 // `current` alone, and finishes by itself once the space is back.
 func TestDiskFullDuringFetch(t *testing.T) {
-	small := filepath.Join(t.TempDir(), "small")
-	if err := os.MkdirAll(small, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", small).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs for the data dir (needs root): %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", small).Run() })
+	small := smallDisk(t, "48m")
 	f := startFleet(t, 2, 41, func(int) []string { return []string{"--service", "web"} })
 	host := addAgent(t, f, "tight", "127.0.41.9", filepath.Join(small, "data"), "--download-rate", "2MB")
 	src := filepath.Join(t.TempDir(), "v1")
 	makeTree(t, src, 12<<20, "v1") // ~25 MB with the archive: fits, until someone else takes the space
 	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
 	shoal(t, f, "deploy", "web", "v1")
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		s := hostStatus(t, f, host)
-		if s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*5 >= s.Fetch.Total {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the fetch never reached 20%%: %+v", s.Fetch)
-		}
-	}
+	waitHost(t, f, host, time.Minute, "the fetch reaching 20%", fetched(5))
 	junk := filepath.Join(small, "junk")
 	if out, err := exec.Command("dd", "if=/dev/zero", "of="+junk, "bs=1M", "count=64").CombinedOutput(); err == nil {
 		t.Fatalf("filling the disk: dd did not hit ENOSPC: %s", out)
@@ -142,15 +167,7 @@ func TestDiskFullDuringFetch(t *testing.T) {
 	if err := os.Remove(junk); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		s = hostStatus(t, f, host)
-		if s.State == core.StateActive && s.Current == "v1" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("did not finish once space was back: %s %q", s.State, s.LastError)
-		}
-	}
+	waitHost(t, f, host, 2*time.Minute, "finishing v1 once space was back", activeOn("v1"))
 	sameTree(t, src, filepath.Join(small, "data", "services", "web", "current"))
 }
 
@@ -177,15 +194,7 @@ func TestSupersededFetchIsLetGo(t *testing.T) {
 		t.Fatal(err)
 	}
 	shoal(t, f, "deploy", "web", "v2")
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		s := hostStatus(t, f, host)
-		if s.Fetch != nil && s.Fetch.Build == "v2" && s.Fetch.Have > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("v2 never started arriving: %+v", s.Fetch)
-		}
-	}
+	waitHost(t, f, host, time.Minute, "v2 starting to arrive", arriving("v2"))
 	shoal(t, f, "deploy", "web", "v3")
 	st, err := waitSettled(t, f, "web")
 	if err != nil {
@@ -237,27 +246,11 @@ func TestConsulOutageAndDataLoss(t *testing.T) {
 	makeTree(t, src2, 8<<20, "v2")
 	shoal(t, f, "publish", "--service", "web", "--build", "v2", src2)
 	shoal(t, f, "deploy", "web", "v2")
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		s := hostStatus(t, f, f.Agents[1])
-		if s.Fetch != nil && s.Fetch.Build == "v2" && s.Fetch.Have > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("v2 never started arriving: %+v", s.Fetch)
-		}
-	}
+	waitHost(t, f, f.Agents[1], time.Minute, "v2 starting to arrive", arriving("v2"))
 	f.Consul.Stop()
 	t.Log("Consul stopped mid-fetch")
 	for _, a := range f.Agents {
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-			s := hostStatus(t, f, a)
-			if s.State == core.StateActive && s.Current == "v2" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not finish v2 without Consul: %s %q", a.Spec.Node, s.State, s.LastError)
-			}
-		}
+		waitHost(t, f, a, time.Minute, "finishing v2 without Consul", activeOn("v2"))
 	}
 	time.Sleep(3 * time.Second) // agents back off against a dead Consul
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -308,17 +301,11 @@ func TestKillFifthOfFleetMidFetch(t *testing.T) {
 	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
 	shoal(t, f, "deploy", "web", "v1")
 	victim := f.Agents[4]
-	var have, total, piece int64
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		s := hostStatus(t, f, victim)
-		if s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*100/s.Fetch.Total >= 40 {
-			have, total = s.Fetch.Have, s.Fetch.Total
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the fetch never reached 40%%: %+v", s.Fetch)
-		}
-	}
+	var piece int64
+	s0 := waitHost(t, f, victim, 2*time.Minute, "the fetch reaching 40%", func(s agent.ServiceStatus) bool {
+		return s.Fetch != nil && s.Fetch.Total > 0 && s.Fetch.Have*100/s.Fetch.Total >= 40
+	})
+	have, total := s0.Fetch.Have, s0.Fetch.Total
 	victim.Kill()
 	t.Logf("killed %s at %d of %d bytes verified", victim.Spec.Node, have, total)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -420,4 +407,133 @@ func TestStatusWaitNamesDeadHost(t *testing.T) {
 			t.Errorf("%s: %s on %q", a.Spec.Node, s.State, s.Current)
 		}
 	}
+}
+
+// The disk fills up between the fetch and the unpack (the agent pauses
+// there for the test): the unpack fails with the bytes needed and free,
+// the partial release is removed, `current` stays, the agent lives, and a
+// deploy once space is back installs the build without fetching again.
+func TestDiskFullDuringUnpack(t *testing.T) {
+	small := smallDisk(t, "40m")
+	f := startFleet(t, 2, 48, func(int) []string { return []string{"--service", "web"} })
+	host := addAgent(t, f, "tight", "127.0.48.9", filepath.Join(small, "data"))
+	host.Stop()
+	host.Spec.Env = []string{swap.PauseEnv + "=before-unpack"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := host.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t, f, 3)
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, 12<<20, "v1")
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	shoal(t, f, "deploy", "web", "v1")
+	waitHost(t, f, host, time.Minute, "verifying v1", func(s agent.ServiceStatus) bool { return s.State == core.StateVerifying })
+	junk := filepath.Join(small, "junk")
+	if out, err := exec.Command("dd", "if=/dev/zero", "of="+junk, "bs=1M", "count=64").CombinedOutput(); err == nil {
+		t.Fatalf("filling the disk: dd did not hit ENOSPC: %s", out)
+	}
+	s := waitHost(t, f, host, time.Minute, "the unpack to fail", func(s agent.ServiceStatus) bool { return s.State == core.StateFailed })
+	t.Logf("with the disk full: %s", s.LastError)
+	if !strings.Contains(s.LastError, "not enough free disk space") || !strings.Contains(s.LastError, "removed") {
+		t.Errorf("last error %q does not say the disk is full and the partial release was removed", s.LastError)
+	}
+	if s.Current != "" {
+		t.Errorf("current moved to %q", s.Current)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(small, "data", "services", "web", "cold")); len(ents) != 0 {
+		t.Errorf("cold/ not cleaned: %v", ents)
+	}
+	if err := os.Remove(junk); err != nil {
+		t.Fatal(err)
+	}
+	received := s.BytesReceived
+	shoal(t, f, "deploy", "web", "v1", "--reason", "space is back")
+	s = waitHost(t, f, host, 2*time.Minute, "v1 once space was back", activeOn("v1"))
+	if s.BytesReceived != received {
+		t.Errorf("the second attempt fetched again: %d bytes received, %d before", s.BytesReceived, received)
+	}
+	sameTree(t, src, filepath.Join(small, "data", "services", "web", "current"))
+}
+
+// The origin is killed once the hosts hold every piece between them (it
+// has sent the build once): they complete from each other.
+func TestOriginKilledAfterHandingOut(t *testing.T) {
+	f := startFleet(t, 4, 49, func(i int) []string {
+		if i == 0 {
+			return []string{"--service", "web"}
+		}
+		return []string{"--service", "web", "--download-rate", "3MB"}
+	})
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, 12<<20, "v1")
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	shoal(t, f, "deploy", "web", "v1")
+	origin := f.Agents[0]
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		st, err := agent.NewClient(origin.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Seeds) == 1 && st.Seeds[0].Uploaded >= st.Seeds[0].Total {
+			t.Logf("origin has sent %d of %d bytes; killing it", st.Seeds[0].Uploaded, st.Seeds[0].Total)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the origin never sent the whole build: %+v", st.Seeds)
+		}
+	}
+	origin.Kill()
+	for _, a := range f.Agents[1:] {
+		s := waitHost(t, f, a, 2*time.Minute, "v1 without the origin", activeOn("v1"))
+		if s.Current != "v1" {
+			t.Errorf("%s: %s", a.Spec.Node, s.State)
+		}
+		sameTree(t, src, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
+	}
+}
+
+// Members leaving and joining during a fetch (agents of another service,
+// stopped and started again and again) do not stall it.
+func TestMembershipChurnDuringFetch(t *testing.T) {
+	f := startFleet(t, 6, 50, func(i int) []string {
+		if i >= 4 {
+			return []string{"--service", "api"}
+		}
+		return []string{"--service", "web", "--download-rate", "3MB"}
+	})
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, 12<<20, "v1")
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	shoal(t, f, "deploy", "web", "v1")
+	stop := make(chan struct{})
+	churned := make(chan int)
+	go func() {
+		n := 0
+		defer func() { churned <- n }()
+		for {
+			for _, a := range f.Agents[4:] {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a.Stop()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				err := a.Restart(ctx, shoalBin, f.Consul.Addr)
+				cancel()
+				if err != nil {
+					return
+				}
+				n++
+			}
+		}
+	}()
+	for _, a := range f.Agents[:4] {
+		waitHost(t, f, a, 3*time.Minute, "v1 during membership churn", activeOn("v1"))
+		sameTree(t, src, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
+	}
+	close(stop)
+	t.Logf("%d restarts of other members during the deploy", <-churned)
 }

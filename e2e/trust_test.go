@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -357,7 +356,15 @@ func TestNonMemberCannotJoinOrFetch(t *testing.T) {
 // completed keeps offering pieces; a host fetching from it bans it on the
 // first bad piece, completes from the others, and says so in status.
 func TestCorruptPeerIsBanned(t *testing.T) {
-	f := startFleet(t, 3, 37, func(int) []string { return []string{"--service", "web"} })
+	// host-3, the good seed, uploads slowly, so the new host takes most
+	// pieces from host-2 and is sure to meet its corrupt ones (with two
+	// equal seeds it once took every piece from host-3 and met none).
+	f := startFleet(t, 3, 37, func(i int) []string {
+		if i == 2 {
+			return []string{"--service", "web", "--upload-rate", "1MB"}
+		}
+		return []string{"--service", "web"}
+	})
 	src := deployV1(t, f, 8<<20)
 	bad := f.Agents[1]
 	arch := filepath.Join(bad.Spec.DataDir, "archives", "web@v1.tar")
@@ -407,14 +414,7 @@ func TestCorruptPeerIsBanned(t *testing.T) {
 // there before fetching, with the sizes in the message; the other hosts
 // deploy it.
 func TestBuildLargerThanFreeSpace(t *testing.T) {
-	small := filepath.Join(t.TempDir(), "small")
-	if err := os.MkdirAll(small, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a 16 MB tmpfs for the data dir (needs root): %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", small).Run() })
+	small := smallDisk(t, "16m")
 	f := startFleet(t, 2, 38, func(int) []string { return []string{"--service", "web"} })
 	addAgent(t, f, "tiny", "127.0.38.9", filepath.Join(small, "data"))
 	src := filepath.Join(t.TempDir(), "v1")

@@ -3,6 +3,7 @@ package swap
 import (
 	"os"
 	"syscall"
+	"time"
 )
 
 // FaultEnv names the environment variable of the crash tests: when it
@@ -12,13 +13,24 @@ import (
 // checks what it finds.
 const FaultEnv = "SHOAL_FAULT_KILL_AT"
 
-var faultAt = os.Getenv(FaultEnv)
+// PauseEnv names a step at which the process sleeps PauseFor instead, so
+// a test can change the world there (fill the disk before an unpack).
+const PauseEnv = "SHOAL_FAULT_PAUSE_AT"
 
-// fault kills the process if the fault suite asked for a crash at step.
+// PauseFor is how long a pause at PauseEnv's step lasts.
+const PauseFor = 5 * time.Second
+
+var faultAt, pauseAt = os.Getenv(FaultEnv), os.Getenv(PauseEnv)
+
+// fault kills the process if the fault suite asked for a crash at step,
+// or sleeps if it asked for a pause there.
 func fault(step string) {
 	if faultAt != "" && faultAt == step {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is on its way
+	}
+	if pauseAt != "" && pauseAt == step {
+		time.Sleep(PauseFor)
 	}
 }
 

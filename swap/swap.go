@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -203,7 +204,13 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
+	fault("before-unpack")
 	if st, err = Unpack(f, tmp, lim); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			free, _ := FreeBytes(s.root)
+			return st, fmt.Errorf("swap: install %s: %w: the disk filled up %d entries into an unpack that needs %d bytes (%d free now); the partial release was removed, free space and deploy again",
+				build, ErrNoSpace, st.Entries, lim.MaxBytes, free)
+		}
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	if err := ctx.Err(); err != nil {
