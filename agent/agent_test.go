@@ -81,6 +81,13 @@ func TestTwoAgentsInProcess(t *testing.T) {
 		t.Errorf("republishing v1 with other content: %v, want a refusal", err)
 	}
 	os.WriteFile(filepath.Join(src, "index.html"), []byte("hello v1"), 0o644)
+	empty := t.TempDir()
+	if _, _, err := c0.Publish(ctx, PublishRequest{Service: "web", Build: "e1", Dir: empty}, &key); !errorContains(err, "is empty") {
+		t.Errorf("publishing an empty directory: %v, want a refusal", err)
+	}
+	if m, _, err := c0.Publish(ctx, PublishRequest{Service: "web", Build: "e1", Dir: empty, AllowEmpty: true}, &key); err != nil || m.Files != 0 {
+		t.Errorf("publishing an empty directory with AllowEmpty: %+v, %v", m, err)
+	}
 	sig, _ := signal.New(signal.Config{Address: consulAddr, Prefix: prefix}, zerolog.Nop())
 	if _, err := sig.Deploy(ctx, "web", "v1", "test", ""); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -173,15 +174,39 @@ func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error
 	return x.reverify(ctx)
 }
 
+// reverify hashes every complete piece itself and hands only the ones
+// that fail to the engine to re-check (which marks them missing). Counting
+// incomplete pieces after the engine's own full re-hash missed them: on a
+// fast link a bad piece was fetched again before it could be counted.
 func (x *Transfer) reverify(ctx context.Context) (int, error) {
-	if err := x.verify(func() error { return x.t.VerifyDataContext(ctx) }); err != nil {
-		return 0, fmt.Errorf("swarm: reverify %s/%s: %w", x.m.Service, x.m.Build, err)
-	}
 	bad := 0
-	for i := 0; i < x.t.NumPieces(); i++ {
-		if !x.t.PieceState(i).Complete {
+	err := x.verify(func() error {
+		info := x.t.Info()
+		buf := make([]byte, x.m.PieceLength)
+		for i := 0; i < x.t.NumPieces(); i++ {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !x.t.PieceState(i).Complete {
+				continue
+			}
+			p := info.Piece(i)
+			h := p.V1Hash()
+			want, ok := h.Value, h.Ok
+			n := int(p.Length())
+			got, rerr := x.t.Piece(i).Storage().ReadAt(buf[:n], 0)
+			if ok && rerr == nil && got == n && sha1.Sum(buf[:n]) == want {
+				continue
+			}
 			bad++
+			if err := x.t.Piece(i).VerifyDataContext(ctx); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return bad, fmt.Errorf("swarm: reverify %s/%s: %w", x.m.Service, x.m.Build, err)
 	}
 	if bad > 0 {
 		x.badOnDisk.Add(int64(bad))
