@@ -266,9 +266,12 @@ func (a *Agent) reseed(ctx context.Context) {
 			a.log.Warn().Err(err).Str("service", m.Service).Str("build", m.Build).Msg("not re-seeding an archive whose manifest is not trusted")
 			continue
 		}
-		if _, err := a.swarm.Add(ctx, m); err != nil {
+		x, err := a.swarm.Add(ctx, m)
+		if err != nil {
 			a.log.Warn().Err(err).Str("service", m.Service).Str("build", m.Build).Msg("cannot re-seed archive")
+			continue
 		}
+		a.swarm.CheckBeforeServing(x)
 	}
 }
 

@@ -88,7 +88,7 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ok := o.a.trustedManifest(service, build) != nil // published and signed, never a draft or any other file
 	for _, s := range o.a.swarm.Seeds() {
-		if s.Service == service && s.Build == build && s.Have != s.Total {
+		if s.Service == service && s.Build == build && (s.Have != s.Total || s.Checking) {
 			ok = false
 		}
 	}

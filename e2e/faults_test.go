@@ -537,3 +537,47 @@ func TestMembershipChurnDuringFetch(t *testing.T) {
 	close(stop)
 	t.Logf("%d restarts of other members during the deploy", <-churned)
 }
+
+// A host whose archive was damaged while it was down re-hashes what it had
+// when it starts again, serves none of it meanwhile, and fetches the bad
+// pieces again (its piece database said they were fine).
+func TestRestartedSeedChecksBeforeServing(t *testing.T) {
+	f := startFleet(t, 3, 51, func(int) []string { return []string{"--service", "web"} })
+	src := deployV1(t, f, 4<<20)
+	host := f.Agents[1]
+	arch := filepath.Join(host.Spec.DataDir, "archives", "web@v1.tar")
+	want, err := os.ReadFile(arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host.Stop()
+	fh, err := os.OpenFile(arch, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteAt(make([]byte, 1<<20), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := host.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if got, _ := os.ReadFile(arch); string(got) == string(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the archive damaged while the host was down was not repaired after its restart")
+		}
+	}
+	hs, err := agent.NewClient(host.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs.Seeds) != 1 || hs.Seeds[0].BadOnDisk == 0 {
+		t.Errorf("status does not count the bad pieces found after the restart: %+v", hs.Seeds)
+	}
+	sameTree(t, src, filepath.Join(host.Spec.DataDir, "services", "web", "current"))
+}

@@ -85,7 +85,7 @@ var ErrNotReady = errors.New("origin not ready to hand out pieces yet")
 // ErrNotReady while the origin's copy is not verified yet.
 func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
 	x := s.transferOf(service, build)
-	if x == nil || !x.t.Complete().Bool() {
+	if x == nil || !x.t.Complete().Bool() || x.checking.Load() {
 		return 0, false, ErrNotReady
 	}
 	i := int(x.handedOut.Add(1) - 1)

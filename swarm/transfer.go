@@ -145,6 +145,10 @@ type Transfer struct {
 	// (the origin then dials peers, which it otherwise never does).
 	repairing atomic.Bool
 
+	// checking is set while a restarted host re-hashes a build it already
+	// had, before serving it again (see CheckBeforeServing).
+	checking atomic.Bool
+
 	life    sync.RWMutex // read-held around verify calls; Drop write-holds it
 	dropped bool         // guarded by life
 }
@@ -161,6 +165,24 @@ func (x *Transfer) verify(f func() error) error {
 		return fmt.Errorf("swarm: %s/%s: %w", x.m.Service, x.m.Build, ErrClosed)
 	}
 	return f()
+}
+
+// CheckBeforeServing re-hashes, in the background, a build this host
+// already had when it started (the piece database says complete; the disk
+// may say otherwise after a crash or a fault), serving none of it
+// meanwhile; bad pieces are fetched again.
+func (s *Swarm) CheckBeforeServing(x *Transfer) {
+	x.checking.Store(true)
+	x.t.DisallowDataUpload()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer x.checking.Store(false)
+		if _, err := x.reverify(s.ctx); err != nil && s.ctx.Err() == nil {
+			s.log.Warn().Err(err).Str("build", x.m.Build).Msg("re-hashing a build after the restart failed")
+		}
+		x.t.AllowDataUpload()
+	}()
 }
 
 // Reverify re-hashes every piece of a build this host holds. Pieces that
@@ -454,6 +476,8 @@ type Seed struct {
 	// BadOnDisk counts pieces that were complete here and failed a later
 	// re-hash; they were fetched again.
 	BadOnDisk int64 `json:"bad_on_disk,omitempty"`
+	// Checking: re-hashed after a restart, not served until done.
+	Checking bool `json:"checking,omitempty"`
 }
 
 // Seeds lists every build this host shares, sorted by service and build.
@@ -467,7 +491,7 @@ func (s *Swarm) Seeds() []Seed {
 	out := make([]Seed, 0, len(xs))
 	for _, x := range xs {
 		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.verified(), Total: x.m.Size,
-			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns()), BadOnDisk: x.badOnDisk.Load()})
+			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns()), BadOnDisk: x.badOnDisk.Load(), Checking: x.checking.Load()})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Service != out[j].Service {
