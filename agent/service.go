@@ -191,6 +191,13 @@ func (s *service) onRelease(r *core.Release) {
 	s.poke()
 }
 
+// onBadRelease shows an unreadable release value in status (the live
+// release stays; `shoal deploy` replaces the value).
+func (s *service) onBadRelease(err error) {
+	note := fmt.Sprintf("ignoring an unreadable release in Consul (%v); keeping %s; `shoal deploy` replaces it", err, orNone(s.store.Current()))
+	s.update(func(st *ServiceStatus) { st.Note = note })
+}
+
 func (s *service) poke() {
 	select {
 	case s.wake <- struct{}{}:
@@ -201,7 +208,7 @@ func (s *service) poke() {
 func (s *service) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); _ = s.a.sig.Watch(ctx, s.name, s.onRelease) }()
+	go func() { defer wg.Done(); _ = s.a.sig.WatchReporting(ctx, s.name, s.onRelease, s.onBadRelease) }()
 	defer wg.Wait()
 	s.recover(ctx)
 	retry := time.NewTimer(time.Hour)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/shoal-deploy/shoal/agent"
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/fleet"
@@ -580,4 +582,37 @@ func TestRestartedSeedChecksBeforeServing(t *testing.T) {
 		t.Errorf("status does not count the bad pieces found after the restart: %+v", hs.Seeds)
 	}
 	sameTree(t, src, filepath.Join(host.Spec.DataDir, "services", "web", "current"))
+}
+
+// A junk value written into the release key by hand is shown in every
+// host's status, changes nothing live, and `shoal deploy` replaces it.
+func TestJunkReleaseShownAndReplaced(t *testing.T) {
+	f := startFleet(t, 2, 52, func(int) []string { return []string{"--service", "web"} })
+	deployV1(t, f, 256<<10)
+	cc, err := api.NewClient(&api.Config{Address: f.Consul.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.KV().Put(&api.KVPair{Key: "shoal/web/release", Value: []byte(`{"build":"../../etc"}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range f.Agents {
+		s := waitHost(t, f, a, time.Minute, "the junk release in status", func(s agent.ServiceStatus) bool { return strings.Contains(s.Note, "unreadable release") })
+		if s.Current != "v1" || s.State != core.StateActive {
+			t.Errorf("%s: %s on %q after the junk value", a.Spec.Node, s.State, s.Current)
+		}
+	}
+	out := shoal(t, f, "deploy", "web", "v1", "--reason", "replace junk")
+	if !strings.Contains(out, "deployed web v1") {
+		t.Errorf("deploy over junk printed %q", out)
+	}
+	st, err := waitSettled(t, f, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range f.Agents {
+		if s := st[a.Spec.Node]; s.Note != "" || s.Current != "v1" {
+			t.Errorf("%s: note %q current %q after the deploy", a.Spec.Node, s.Note, s.Current)
+		}
+	}
 }

@@ -313,6 +313,12 @@ func (c *Client) swapRelease(ctx context.Context, service string, next func(*cor
 // cluster), waits at least MinInterval between queries, and backs off
 // exponentially with jitter while Consul is unreachable.
 func (c *Client) Watch(ctx context.Context, service string, fn func(*core.Release)) error {
+	return c.WatchReporting(ctx, service, fn, nil)
+}
+
+// WatchReporting is Watch that also tells bad, if not nil, about a value
+// of the release key that does not decode (once per value).
+func (c *Client) WatchReporting(ctx context.Context, service string, fn func(*core.Release), bad func(error)) error {
 	key := c.ReleaseKey(service)
 	var index, seen uint64
 	var seenValue []byte
@@ -372,6 +378,9 @@ func (c *Client) Watch(ctx context.Context, service string, fn func(*core.Releas
 		r, err := decodeRelease(p)
 		if err != nil {
 			c.log.Error().Err(err).Str("key", key).Msg("ignoring unreadable release; fix it with `shoal deploy`")
+			if bad != nil {
+				bad(err)
+			}
 			continue
 		}
 		fn(r)
