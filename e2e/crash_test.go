@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,15 +37,11 @@ func TestKillAtEveryStep(t *testing.T) {
 	f := startFleet(t, 2, 39, func(int) []string { return hookArgs() })
 	victim := f.Agents[1]
 	hooksLog := filepath.Join(victim.Spec.DataDir, "services", "web", "hooks.log")
-	restart := func(env []string) {
+	restartWith := func(env []string) {
 		t.Helper()
 		victim.Stop()
 		victim.Spec.Env = env
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := victim.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
-			t.Fatal(err)
-		}
+		restart(t, f, victim)
 		waitMembers(t, f, 2)
 	}
 	for i, step := range steps {
@@ -55,7 +50,7 @@ func TestKillAtEveryStep(t *testing.T) {
 		makeTree(t, src, 256<<10, build)
 		shoal(t, f, "publish", "--service", "web", "--build", build, src)
 		if step != "" {
-			restart([]string{swap.FaultEnv + "=" + step})
+			restartWith([]string{swap.FaultEnv + "=" + step})
 		}
 		before, _ := os.ReadFile(hooksLog)
 		shoal(t, f, "deploy", "web", build)
@@ -65,7 +60,7 @@ func TestKillAtEveryStep(t *testing.T) {
 			case <-time.After(time.Minute):
 				t.Fatalf("%s: the agent did not kill itself at %q", build, step)
 			}
-			restart(nil)
+			restartWith(nil)
 		}
 		st, err := waitSettled(t, f, "web")
 		if err != nil {

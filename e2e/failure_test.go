@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -130,11 +129,7 @@ func TestResumeAfterKill(t *testing.T) {
 	}
 	slow.Kill()
 	t.Logf("killed %s at %d of %d bytes verified", slow.Spec.Node, have, total)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := slow.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
-		t.Fatal(err)
-	}
+	restart(t, f, slow)
 	st, err := waitSettled(t, f, "web")
 	if err != nil {
 		t.Fatalf("did not settle after restart: %v", err)

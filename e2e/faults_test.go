@@ -28,6 +28,33 @@ func hostStatus(t *testing.T, f *fleet.Fleet, a *fleet.Agent) agent.ServiceStatu
 	return st.Services[0]
 }
 
+// restart starts a stopped or killed agent again with its spec.
+func restart(t *testing.T, f *fleet.Fleet, a *fleet.Agent) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// allActive waits for the fleet to settle and fails the test unless every
+// agent is active on build with a tree identical to src.
+func allActive(t *testing.T, f *fleet.Fleet, build, src string) map[string]*agent.ServiceStatus {
+	t.Helper()
+	st, err := waitSettled(t, f, "web")
+	if err != nil {
+		t.Fatalf("%s did not settle: %v", build, err)
+	}
+	for _, a := range f.Agents {
+		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != build {
+			t.Errorf("%s: %s on %q (%s), want active %s", a.Spec.Node, s.State, s.Current, s.LastError, build)
+		}
+		sameTree(t, src, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
+	}
+	return st
+}
+
 // waitHost polls one agent until cond holds, and fails the test naming
 // what it waited for if that takes longer than limit.
 func waitHost(t *testing.T, f *fleet.Fleet, a *fleet.Agent, limit time.Duration, what string, cond func(agent.ServiceStatus) bool) agent.ServiceStatus {
@@ -115,22 +142,9 @@ func TestOriginDiesMidFetch(t *testing.T) {
 	if strings.Contains(msg, "torrent ports") {
 		t.Errorf("the diagnosis still blames the torrent ports: %q", msg)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := origin.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
-		t.Fatal(err)
-	}
+	restart(t, f, origin)
 	waitMembers(t, f, 3)
-	st, err := waitSettled(t, f, "web")
-	if err != nil {
-		t.Fatalf("did not complete once the origin was back: %v", err)
-	}
-	for _, a := range f.Agents {
-		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != "v1" {
-			t.Errorf("%s: %s on %q (%s)", a.Spec.Node, s.State, s.Current, s.LastError)
-		}
-	}
-	sameTree(t, src, filepath.Join(watcher.Spec.DataDir, "services", "web", "current"))
+	allActive(t, f, "v1", src)
 }
 
 // The disk fills up during a fetch (another process takes the space): the
@@ -310,21 +324,8 @@ func TestKillFifthOfFleetMidFetch(t *testing.T) {
 	have, total := s0.Fetch.Have, s0.Fetch.Total
 	victim.Kill()
 	t.Logf("killed %s at %d of %d bytes verified", victim.Spec.Node, have, total)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := victim.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
-		t.Fatal(err)
-	}
-	st, err := waitSettled(t, f, "web")
-	if err != nil {
-		t.Fatalf("did not converge: %v", err)
-	}
-	for _, a := range f.Agents {
-		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != "v1" {
-			t.Errorf("%s: %s on %q (%s)", a.Spec.Node, s.State, s.Current, s.LastError)
-		}
-		sameTree(t, src, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
-	}
+	restart(t, f, victim)
+	st := allActive(t, f, "v1", src)
 	m := readManifest(t, f, "v1")
 	piece = m.PieceLength
 	s := st[victim.Spec.Node]
@@ -421,11 +422,7 @@ func TestDiskFullDuringUnpack(t *testing.T) {
 	host := addAgent(t, f, "tight", "127.0.48.9", filepath.Join(small, "data"))
 	host.Stop()
 	host.Spec.Env = []string{swap.PauseEnv + "=before-unpack"}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := host.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
-		t.Fatal(err)
-	}
+	restart(t, f, host)
 	waitMembers(t, f, 3)
 	src := filepath.Join(t.TempDir(), "v1")
 	makeTree(t, src, 12<<20, "v1")
@@ -561,11 +558,7 @@ func TestRestartedSeedChecksBeforeServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	fh.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := host.Restart(ctx, shoalBin, f.Consul.Addr); err != nil {
-		t.Fatal(err)
-	}
+	restart(t, f, host)
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		if got, _ := os.ReadFile(arch); string(got) == string(want) {
 			break
