@@ -350,8 +350,14 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*PublishRespon
 		return nil, fmt.Errorf("agent: publish: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	// Hash while packing only to compare with a build already published
+	// under this name; a new build is hashed once, by Describe.
 	h := sha256.New()
-	ps, err := swap.Pack(dir, io.MultiWriter(tmp, h))
+	var w io.Writer = tmp
+	if old != nil {
+		w = io.MultiWriter(tmp, h)
+	}
+	ps, err := swap.Pack(dir, w)
 	if err == nil {
 		err = tmp.Sync()
 	}

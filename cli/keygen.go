@@ -2,8 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 
 	"github.com/shoal-deploy/shoal/trust"
@@ -47,11 +45,11 @@ func runKeygen(ctx context.Context, env Env, args []string) error {
 		}
 		return secret(k, "a gossip key")
 	case *token:
-		b := make([]byte, 24)
-		if _, err := rand.Read(b); err != nil {
+		tok, err := trust.GenerateToken()
+		if err != nil {
 			return err
 		}
-		return secret(base64.RawURLEncoding.EncodeToString(b), "a control API token")
+		return secret(tok, "a control API token")
 	}
 	k, err := trust.GenerateSigningKey()
 	if err != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -18,14 +19,50 @@ import (
 	"github.com/shoal-deploy/shoal/swap"
 )
 
-// hostStatus asks one agent directly (the fleet's first agent may be down).
-func hostStatus(t *testing.T, f *fleet.Fleet, a *fleet.Agent) agent.ServiceStatus {
+// fullStatus asks one agent directly (the fleet's first agent may be down).
+func fullStatus(t *testing.T, f *fleet.Fleet, a *fleet.Agent) agent.HostStatus {
 	t.Helper()
 	st, err := agent.NewClient(a.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
-	if err != nil || len(st.Services) == 0 {
+	if err != nil {
 		t.Fatalf("status of %s: %v", a.Spec.Node, err)
 	}
+	return st
+}
+
+// hostStatus is one agent's status of its (only) service.
+func hostStatus(t *testing.T, f *fleet.Fleet, a *fleet.Agent) agent.ServiceStatus {
+	t.Helper()
+	st := fullStatus(t, f, a)
+	if len(st.Services) == 0 {
+		t.Fatalf("status of %s: no service", a.Spec.Node)
+	}
 	return st.Services[0]
+}
+
+// damage overwrites n bytes of a file at off with b, in place.
+func damage(t *testing.T, path string, off, n int, b byte) {
+	t.Helper()
+	fh, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	if _, err := fh.WriteAt(bytes.Repeat([]byte{b}, n), int64(off)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRepaired waits until the file at path holds want again.
+func waitRepaired(t *testing.T, path string, want []byte, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if got, _ := os.ReadFile(path); bytes.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s was not repaired", what)
+		}
+	}
 }
 
 // restart starts a stopped or killed agent again with its spec.
@@ -229,11 +266,7 @@ func TestSupersededFetchIsLetGo(t *testing.T) {
 			t.Errorf("%s lost %s, which it still needs: %v", host.Spec.Node, p, err)
 		}
 	}
-	hs, err := agent.NewClient(host.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, sd := range hs.Seeds {
+	for _, sd := range fullStatus(t, f, host).Seeds {
 		if sd.Build == "v2" {
 			t.Errorf("%s still shares v2: %+v", host.Spec.Node, sd)
 		}
@@ -351,27 +384,9 @@ func TestScrubRepairsIdleCorruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fh, err := os.OpenFile(arch, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fh.WriteAt(make([]byte, 1<<20), 1<<20); err != nil { // a megabyte of zeros, mid-archive
-		t.Fatal(err)
-	}
-	fh.Close()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		got, _ := os.ReadFile(arch)
-		if string(got) == string(want) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the damaged archive was not repaired")
-		}
-	}
-	hs, err := agent.NewClient(host.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	damage(t, arch, 1<<20, 1<<20, 0) // a megabyte of zeros, mid-archive
+	waitRepaired(t, arch, want, "the damaged archive")
+	hs := fullStatus(t, f, host)
 	var bad int64
 	for _, sd := range hs.Seeds {
 		if sd.Build == "v1" {
@@ -471,10 +486,7 @@ func TestOriginKilledAfterHandingOut(t *testing.T) {
 	shoal(t, f, "deploy", "web", "v1")
 	origin := f.Agents[0]
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		st, err := agent.NewClient(origin.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := fullStatus(t, f, origin)
 		if len(st.Seeds) == 1 && st.Seeds[0].Uploaded >= st.Seeds[0].Total {
 			t.Logf("origin has sent %d of %d bytes; killing it", st.Seeds[0].Uploaded, st.Seeds[0].Total)
 			break
@@ -550,27 +562,10 @@ func TestRestartedSeedChecksBeforeServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	host.Stop()
-	fh, err := os.OpenFile(arch, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fh.WriteAt(make([]byte, 1<<20), 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	fh.Close()
+	damage(t, arch, 1<<20, 1<<20, 0)
 	restart(t, f, host)
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		if got, _ := os.ReadFile(arch); string(got) == string(want) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the archive damaged while the host was down was not repaired after its restart")
-		}
-	}
-	hs, err := agent.NewClient(host.API, 5*time.Second).WithToken(f.Secrets.Token()).Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitRepaired(t, arch, want, "the archive damaged while the host was down, after its restart,")
+	hs := fullStatus(t, f, host)
 	if len(hs.Seeds) != 1 || hs.Seeds[0].BadOnDisk == 0 {
 		t.Errorf("status does not count the bad pieces found after the restart: %+v", hs.Seeds)
 	}

@@ -354,29 +354,21 @@ func TestNonMemberCannotJoinOrFetch(t *testing.T) {
 
 // Fleet member gone bad: a host whose archive was corrupted after it
 // completed keeps offering pieces; a host fetching from it bans it on the
-// first bad piece, completes from the others, and says so in status.
+// first bad piece, completes from the others (here the origin), and says
+// so in status.
 func TestCorruptPeerIsBanned(t *testing.T) {
-	// host-3, the good seed, uploads slowly, so the new host takes most
-	// pieces from host-2 and is sure to meet its corrupt ones (with two
-	// equal seeds it once took every piece from host-3 and met none).
-	f := startFleet(t, 3, 37, func(i int) []string {
-		if i == 2 {
-			return []string{"--service", "web", "--upload-rate", "1MB"}
-		}
-		return []string{"--service", "web"}
-	})
+	f := startFleet(t, 3, 37, func(int) []string { return []string{"--service", "web"} })
 	src := deployV1(t, f, 8<<20)
 	bad := f.Agents[1]
 	arch := filepath.Join(bad.Spec.DataDir, "archives", "web@v1.tar")
-	fh, err := os.OpenFile(arch, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	junk := bytes.Repeat([]byte{0xa5}, 6<<20)
-	if _, err := fh.WriteAt(junk, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	fh.Close()
+	damage(t, arch, 1<<20, 6<<20, 0xa5)
+	// The good seed leaves (cleanly, so it is not expected any more), so
+	// the new host has the bad seed and the origin: it must meet the bad
+	// pieces. (With a good seed beside it, the new host sometimes took
+	// every piece from that one and never connected to the bad one in
+	// 15 s — 2 runs in 8; not explained, see the session note.)
+	f.Agents[2].Stop()
+	f.Agents = f.Agents[:2]
 	late := addAgent(t, f, "host-4", "127.0.37.5", filepath.Join(f.Dir, "host-4"))
 	st, err := waitSettled(t, f, "web")
 	if err != nil {

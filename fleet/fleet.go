@@ -178,7 +178,7 @@ func MakeSecrets(dir string) (*Secrets, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok, err := trust.GenerateGossipKey() // 32 random bytes in base64 make a fine token
+	tok, err := trust.GenerateToken()
 	if err != nil {
 		return nil, err
 	}

@@ -236,6 +236,15 @@ func GenerateGossipKey() (string, error) {
 	return base64.StdEncoding.EncodeToString(b), nil
 }
 
+// GenerateToken makes a control API token: 24 random bytes, URL-safe base64.
+func GenerateToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("trust: generate token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
 // ParseGossipKey reads a gossip key (base64 of 16, 24 or 32 bytes, as memberlist takes).
 func ParseGossipKey(s string) ([]byte, error) {
 	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
