@@ -63,6 +63,7 @@ type Agent struct {
 
 	pubMu  sync.Mutex                // serialises publishes; guards drafts
 	drafts map[string]*core.Manifest // packed, not yet signed and published, by service@build
+	dirs   map[string]string         // the directory each draft was packed from
 
 	trustedMu sync.RWMutex              // guards trusted
 	trusted   map[string]*core.Manifest // manifests that passed checkTrust, by service@build
@@ -112,9 +113,10 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, pln: pln, keys: keys, token: token,
-		services: map[string]*service{}, drafts: map[string]*core.Manifest{}, trusted: map[string]*core.Manifest{}}
+		services: map[string]*service{}, drafts: map[string]*core.Manifest{}, dirs: map[string]string{}, trusted: map[string]*core.Manifest{}}
 	a.origin = newOriginServer(a)
 	sw.SetOriginURL(a.originURL)
+	sw.SetRepairSource(a.repackSource)
 	for name, sc := range cfg.Services {
 		st, err := swap.Open(filepath.Join(cfg.DataDir, "services", name), log)
 		if err != nil {
@@ -279,6 +281,31 @@ func (a *Agent) manifestPath(service, build string) string {
 	return filepath.Join(a.cfg.DataDir, "manifests", service+"@"+build+".json")
 }
 
+// sourcePath records the directory a build this host published came from.
+func (a *Agent) sourcePath(service, build string) string {
+	return filepath.Join(a.cfg.DataDir, "manifests", service+"@"+build+".source")
+}
+
+// repackSource packs again the directory this host published m from, for
+// the swarm to repair a damaged origin copy (each piece is checked against
+// its hash before it is used, so a directory changed since is harmless).
+func (a *Agent) repackSource(m *core.Manifest) (io.ReadCloser, error) {
+	b, err := os.ReadFile(a.sourcePath(m.Service, m.Build))
+	if err != nil {
+		return nil, fmt.Errorf("no record of where %s/%s was published from (%w): only peers can repair it", m.Service, m.Build, err)
+	}
+	dir, err := a.publishDir(string(b))
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := swap.Pack(dir, pw)
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
 func (a *Agent) saveManifest(m *core.Manifest) error {
 	b, err := core.MarshalManifest(m)
 	if err != nil {
@@ -390,6 +417,7 @@ func (a *Agent) Publish(ctx context.Context, req PublishRequest) (*PublishRespon
 	// learns its info hash, and the torrent port admits any process on a
 	// member's address).
 	a.drafts[m.Service+"@"+m.Build] = m
+	a.dirs[m.Service+"@"+m.Build] = dir
 	a.log.Info().Str("service", m.Service).Str("build", m.Build).Int64("bytes", m.Size).Int("files", ps.Entries).
 		Int64("unpacked_bytes", ps.Bytes).Str("sha256", m.SHA256).Int64("piece_length", m.PieceLength).
 		Dur("took", time.Since(start)).Msg("packed; waiting for the signed manifest")
@@ -451,6 +479,11 @@ func (a *Agent) Commit(ctx context.Context, m *core.Manifest) (*core.Manifest, e
 	if err := a.saveManifest(m); err != nil {
 		return nil, err
 	}
+	// Where it came from, to repair this origin's copy should it go bad
+	// before another host has it (see repackSource).
+	if err := writeFileAtomic(a.sourcePath(m.Service, m.Build), []byte(a.dirs[key]), false); err != nil {
+		return nil, err
+	}
 	x, err := a.swarm.Add(ctx, m)
 	if err != nil {
 		return nil, err
@@ -464,6 +497,7 @@ func (a *Agent) Commit(ctx context.Context, m *core.Manifest) (*core.Manifest, e
 		return nil, err
 	}
 	delete(a.drafts, key)
+	delete(a.dirs, key)
 	a.log.Info().Str("service", m.Service).Str("build", m.Build).Str("key", m.KeyID).Msg("published")
 	return m, nil
 }

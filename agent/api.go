@@ -156,11 +156,13 @@ type HostStatus struct {
 	Insecure bool `json:"insecure_dev,omitempty"`
 	// BannedPeers sent pieces that failed their hash check; the engine no longer talks to them.
 	BannedPeers []string `json:"banned_peers,omitempty"`
+	// BadPieces counts, per sender, pieces received here that failed their hash.
+	BadPieces []swarm.PeerCount `json:"bad_pieces,omitempty"`
 }
 
 func (a *Agent) fullStatus() HostStatus {
 	return HostStatus{Status: a.Status(), Seeds: a.swarm.Seeds(), HTTPServed: a.origin.served.Load(), FetchMethod: a.cfg.Fetch,
-		TrustedKeys: a.keys.IDs(), Insecure: a.cfg.InsecureDev, BannedPeers: a.swarm.BannedPeers()}
+		TrustedKeys: a.keys.IDs(), Insecure: a.cfg.InsecureDev, BannedPeers: a.swarm.BannedPeers(), BadPieces: a.swarm.BadPieces()}
 }
 
 // FleetHost is one member's status, or why it could not be read.

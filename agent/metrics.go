@@ -35,6 +35,8 @@ var (
 	descUploaded    = prometheus.NewDesc("shoal_upload_bytes_total", "Piece bytes this host served to peers, by build.", []string{"service", "build"}, nil)
 	descTransitions = prometheus.NewDesc("shoal_state_transitions", "Recent state transitions kept in history.", []string{"service"}, nil)
 	descBanned      = prometheus.NewDesc("shoal_banned_peers", "Peers banned for sending pieces that failed their hash check.", nil, nil)
+	descBadPieces   = prometheus.NewDesc("shoal_peer_bad_pieces_total", "Pieces received that failed their hash check, by sender.", []string{"peer"}, nil)
+	descStalled     = prometheus.NewDesc("shoal_fetch_stalled", "1 while a fetch makes no progress, by cause (no_peers, pieces_nobody_has, origin_gone, peers_silent, write_error).", []string{"service", "build", "cause"}, nil)
 	descInsecure    = prometheus.NewDesc("shoal_insecure_dev", "1 if the agent runs in insecure dev mode (unsigned builds, plain gossip).", nil, nil)
 )
 
@@ -42,7 +44,7 @@ var (
 type statusCollector struct{ a *Agent }
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descState, descInfo, descFetched, descProgress, descUploaded, descTransitions, descBanned, descInsecure} {
+	for _, d := range []*prometheus.Desc{descMembers, descState, descInfo, descFetched, descProgress, descUploaded, descTransitions, descBanned, descBadPieces, descStalled, descInsecure} {
 		ch <- d
 	}
 }
@@ -58,6 +60,9 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descMembers, float64(st.Members))
 	gauge(descBanned, float64(len(st.BannedPeers)))
 	gauge(descInsecure, map[bool]float64{true: 1}[st.Insecure])
+	for _, b := range st.BadPieces {
+		counter(descBadPieces, float64(b.Count), b.Peer)
+	}
 	for _, s := range st.Services {
 		for _, state := range allStates {
 			gauge(descState, map[bool]float64{true: 1}[s.State == state], s.Service, string(state))
@@ -68,6 +73,9 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		if f := s.Fetch; f != nil {
 			for kind, v := range map[string]int64{"have": f.Have, "total": f.Total, "from_origin": f.FromOrigin, "from_peers": f.FromPeers} {
 				gauge(descProgress, float64(v), s.Service, f.Build, kind)
+			}
+			if f.Stall != "" {
+				gauge(descStalled, 1, s.Service, f.Build, f.Stall)
 			}
 		}
 	}

@@ -60,6 +60,8 @@ type FetchStatus struct {
 	UpRate   float64    `json:"up_rate"`
 	Started  time.Time  `json:"started"`
 	Finished *time.Time `json:"finished,omitempty"`
+	// Stall names why the fetch stopped progressing (swarm.Stall*), until it progresses again.
+	Stall string `json:"stall,omitempty"`
 }
 
 // Transition is one state change, kept for `shoal status` and the logs.
@@ -527,6 +529,7 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 		s.mu.Unlock()
 		if p.Have > last.Have {
 			lastGain = now
+			f.Stall = ""
 		}
 		last, lastAt = p, now
 		return p
@@ -567,14 +570,25 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 				err := fmt.Errorf("fetch of %s stopped: cannot write to %s: %v (%d of %d bytes fetched, %d bytes free); free space and it resumes",
 					m.Build, s.a.cfg.DataDir, werr, p.Have, p.Total, free)
 				now := time.Now().UTC()
-				s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = err.Error(), &now })
+				s.update(func(st *ServiceStatus) {
+					st.LastError, st.LastErrorAt = err.Error(), &now
+					if st.Fetch != nil {
+						st.Fetch.Stall = swarm.StallWriteError
+					}
+				})
 				return fmt.Errorf("%w: %v", errRetry, err)
 			}
 			if stall := s.a.cfg.FetchStall.D(); time.Since(lastGain) > stall {
 				now := time.Now().UTC()
+				cause, why := x.Diagnose()
 				msg := fmt.Sprintf("fetch of %s made no progress for %s (%d/%d bytes): %s",
-					m.Build, stall, p.Have, p.Total, x.Diagnose())
-				s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = msg, &now })
+					m.Build, stall, p.Have, p.Total, why)
+				s.update(func(st *ServiceStatus) {
+					st.LastError, st.LastErrorAt = msg, &now
+					if st.Fetch != nil {
+						st.Fetch.Stall = cause
+					}
+				})
 				s.log.Warn().Str("build", m.Build).Msg(msg)
 				lastGain = time.Now()
 			}
@@ -619,6 +633,7 @@ func (s *service) forget(build string) {
 		}
 	}
 	s.a.forgetTrusted(s.name, build)
+	os.Remove(s.a.sourcePath(s.name, build))
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 		s.log.Warn().Err(err).Str("build", build).Msg("cannot remove manifest copy")
 	}

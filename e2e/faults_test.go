@@ -604,3 +604,55 @@ func TestJunkReleaseShownAndReplaced(t *testing.T) {
 		}
 	}
 }
+
+// The origin's own copy goes bad right after publish, before any other
+// host has the build: it checks every piece before handing it out, keeps
+// the bad ones back, repairs them by packing its publish directory again,
+// and the deploy completes with the origin sending the build about once.
+// (It used to seed the bad pieces: the hosts fetched the same 4 bad pieces
+// without end, the origin sent 451 MB for a 42 MB build, and the deploy
+// sat at 95 %.)
+func TestCorruptOriginHeals(t *testing.T) {
+	f := startFleet(t, 4, 53, func(int) []string { return []string{"--service", "web", "--upload-rate", "8MB"} })
+	src := filepath.Join(t.TempDir(), "v1")
+	makeTree(t, src, 12<<20, "v1")
+	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	origin := f.Agents[0]
+	arch := filepath.Join(origin.Spec.DataDir, "archives", "web@v1.tar")
+	want, err := os.ReadFile(arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := readManifest(t, f, "v1")
+	spots := []int64{1, 3, 5, 7}
+	for _, p := range spots {
+		damage(t, arch, int(p*m.PieceLength+100), 4096, 0xAA)
+	}
+	shoal(t, f, "deploy", "web", "v1")
+	allActive(t, f, "v1", src)
+	waitRepaired(t, arch, want, "the origin's damaged archive")
+
+	hs := fullStatus(t, f, origin)
+	var up, bad int64
+	for _, sd := range hs.Seeds {
+		if sd.Build == "v1" {
+			up, bad = sd.Uploaded, sd.BadOnDisk
+		}
+	}
+	limit := m.Size + m.Size/10 + int64(len(spots))*m.PieceLength
+	t.Logf("origin sent %d bytes for a %d-byte build (limit %d); %d bad pieces found on its disk", up, m.Size, limit, bad)
+	if up > limit {
+		t.Errorf("the origin sent %d bytes, more than 1.1 × %d + the %d bad pieces", up, m.Size, len(spots))
+	}
+	if bad < int64(len(spots)) {
+		t.Errorf("the origin counted %d bad pieces on disk, want at least %d", bad, len(spots))
+	}
+	for _, a := range f.Agents[1:] {
+		if st := fullStatus(t, f, a); len(st.BadPieces) > 0 {
+			t.Errorf("%s received pieces that failed their hash: %+v (the origin should have kept them back)", a.Spec.Node, st.BadPieces)
+		}
+	}
+	if b, _ := os.ReadFile(origin.Log); !strings.Contains(string(b), "repaired this origin's copy from the publish directory") {
+		t.Errorf("the origin's log does not say it repaired its copy")
+	}
+}

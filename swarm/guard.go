@@ -125,12 +125,7 @@ func (s *Swarm) BannedPeers() []string {
 	if len(ips) == 0 {
 		return nil
 	}
-	byIP := map[string]string{}
-	for _, m := range s.Members() {
-		if h, _, err := net.SplitHostPort(m.Gossip); err == nil {
-			byIP[h] = m.Name
-		}
-	}
+	byIP := s.namesByIP()
 	seen := map[string]bool{}
 	out := make([]string, 0, len(ips))
 	for _, ip := range ips {

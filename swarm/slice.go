@@ -80,21 +80,6 @@ func (s *Swarm) planSlice(x *Transfer, url string) {
 // ErrNotReady: the origin is still checking its own copy of the build.
 var ErrNotReady = errors.New("origin not ready to hand out pieces yet")
 
-// NextSlicePiece, on the origin, hands out the next piece of a build that no
-// host has been given yet; false once every piece has been handed out;
-// ErrNotReady while the origin's copy is not verified yet.
-func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
-	x := s.transferOf(service, build)
-	if x == nil || !x.t.Complete().Bool() || x.checking.Load() {
-		return 0, false, ErrNotReady
-	}
-	i := int(x.handedOut.Add(1) - 1)
-	if i >= x.t.NumPieces() {
-		return 0, false, nil
-	}
-	return i, true, nil
-}
-
 // steer pulls the slice, then watches for stalls until the fetch completes.
 func (s *Swarm) steer(x *Transfer, url string) {
 	defer s.wg.Done()
@@ -210,6 +195,9 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 			return slowest, fmt.Errorf("piece %d: verify: %w", i, err)
 		}
 		if !x.waitPieceComplete(ctx, i) {
+			if m, ok := s.Member(x.m.Origin); ok {
+				s.countBad(m.Gossip, 1)
+			}
 			return slowest, fmt.Errorf("piece %d from the origin failed its hash check (state %+v)", i, x.t.PieceState(i))
 		}
 	}

@@ -62,6 +62,7 @@ type Swarm struct {
 	dialer   *net.Dialer     // from the bind address
 	// originURL locates a build's archive on its origin (see slice.go).
 	originURL OriginURL
+	repairSrc RepairSource // the origin's publish directories (see heal.go)
 	logw      *io.PipeWriter
 
 	ctx    context.Context // ends the per-transfer goroutines on Close
@@ -71,6 +72,9 @@ type Swarm struct {
 	mu        sync.RWMutex // guards transfers and names
 	transfers map[*torrent.Torrent]*Transfer
 	names     map[torrent.PeerID]string // peer id -> node name, from membership
+
+	badMu sync.Mutex
+	badBy map[string]int64 // pieces that failed their hash, by sender IP
 }
 
 // PeerIDFor is the BitTorrent peer id a node uses, derived from its name
@@ -92,7 +96,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1), guard: newIPGuard(),
 		auth:      trust.NewPeerAuth(cfg.SecretKeys, cfg.Node),
-		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}}
+		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}, badBy: map[string]int64{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	// Every connection to a member leaves from the bind address: members
 	// admit only each other's gossip IPs, and a host's default source
@@ -164,6 +168,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 		tc.DownloadRateLimiter = s.down
 	}
 	tc.Callbacks.ReceivedUsefulData = append(tc.Callbacks.ReceivedUsefulData, s.onUseful)
+	tc.Callbacks.PeerClosed = append(tc.Callbacks.PeerClosed, s.onPeerClosed)
 	s.cl, err = torrent.NewClient(tc)
 	if err != nil {
 		pc.Close()

@@ -127,11 +127,19 @@ type Transfer struct {
 
 	// slice lists the pieces this host pulled from the origin over HTTP
 	// (see slice.go); avoidOrigin keeps the origin out of its torrent peers
-	// meanwhile, so the origin sends each piece once. On the origin,
-	// handedOut counts the pieces it has handed out.
+	// meanwhile, so the origin sends each piece once.
 	slice       []int
-	handedOut   atomic.Int64
 	avoidOrigin atomic.Bool
+	// On the origin: handedOut counts the pieces handed out in order;
+	// keptBack holds pieces that failed their check at handout, to hand
+	// out once repaired (see NextSlicePiece). Guarded by handMu.
+	handMu    sync.Mutex
+	handedOut int
+	keptBack  []int
+	handBuf   []byte
+	// healing is set while the origin repairs its copy from the publish
+	// directory; healAgain asks it for one more pass.
+	healing, healAgain atomic.Bool
 	// served counts archive bytes this host sent outside the torrent engine
 	// (HTTP slices and origin-method copies), reported in Uploaded.
 	served atomic.Int64
@@ -232,15 +240,11 @@ func (x *Transfer) reverify(ctx context.Context) (int, error) {
 	}
 	if bad > 0 {
 		x.badOnDisk.Add(int64(bad))
-		x.repairing.Store(true)
 		x.resume()
 		x.t.DownloadAll()
 		x.s.log.Error().Str("service", x.m.Service).Str("build", x.m.Build).Int("pieces", bad).
-			Msg("pieces on disk failed their hash; fetching them again from peers")
-		select {
-		case x.s.nudge <- struct{}{}:
-		default:
-		}
+			Msg("pieces on disk failed their hash; fetching them again")
+		x.s.heal(x)
 	}
 	return bad, nil
 }
@@ -502,13 +506,24 @@ func (s *Swarm) Seeds() []Seed {
 	return out
 }
 
+// Stall causes, as Diagnose names them (status and metrics carry them).
+const (
+	StallNoPeers     = "no_peers"          // nobody connected
+	StallUnavailable = "pieces_nobody_has" // missing pieces no connected peer holds
+	StallOriginGone  = "origin_gone"       // ... and the origin, who had them, is not a member
+	StallPeersSilent = "peers_silent"      // peers hold the pieces but send none
+	StallWriteError  = "write_error"       // this host cannot write pieces (Service sets it)
+)
+
 // Diagnose says, from what this host can see, why the transfer is not
 // progressing: which missing pieces no connected peer has, whether the
-// origin is still a member, which peers are banned, or that nobody is
-// connected at all. The service puts it in status when a fetch stalls.
-func (x *Transfer) Diagnose() string {
+// origin is still a member, which peers sent bad pieces or are banned, or
+// that nobody is connected at all. It returns a cause (one of the Stall
+// constants) and a sentence; the service puts both in status when a
+// fetch stalls.
+func (x *Transfer) Diagnose() (cause, text string) {
 	if x.t.Complete().Bool() {
-		return "complete"
+		return "", "complete"
 	}
 	var missing []int
 	for i := 0; i < x.t.NumPieces(); i++ {
@@ -535,26 +550,39 @@ func (x *Transfer) Diagnose() string {
 	originUp := alive && (origin.State == "alive" || origin.State == "suspect")
 	switch {
 	case len(conns) == 0:
+		cause = StallNoPeers
 		parts = append(parts, fmt.Sprintf("no peer is connected (%d members seen): check that members reach each other's torrent port (%s here)",
 			len(x.s.Members()), x.s.TorrentAddr()))
 	case len(nobody) > 0:
+		cause = StallUnavailable
 		parts = append(parts, fmt.Sprintf("%d of the %d missing pieces are held by none of the %d connected peers (pieces %s)",
 			len(nobody), len(missing), len(conns), pieceList(nobody)))
 	default:
+		cause = StallPeersSilent
 		parts = append(parts, fmt.Sprintf("the %d connected peers hold the %d missing pieces but sent none: check the links and upload caps",
 			len(conns), len(missing)))
 	}
 	switch {
 	case x.m.Origin == x.s.cfg.Node:
 	case !originUp:
+		if cause != StallPeersSilent {
+			cause = StallOriginGone
+		}
 		parts = append(parts, fmt.Sprintf("the origin %s is not a member any more; pieces only it had arrive once it is back (restart it, or publish the build again elsewhere)", x.m.Origin))
 	case x.avoidOrigin.Load():
 		parts = append(parts, fmt.Sprintf("the origin %s is up; this host turns to it as a torrent peer after the slice stall limit", x.m.Origin))
 	}
+	if bad := x.s.BadPieces(); len(bad) > 0 {
+		var bs []string
+		for _, b := range bad {
+			bs = append(bs, fmt.Sprintf("%s %d", b.Peer, b.Count))
+		}
+		parts = append(parts, "pieces that failed their hash, by sender: "+strings.Join(bs, ", "))
+	}
 	if banned := x.s.BannedPeers(); len(banned) > 0 {
 		parts = append(parts, "banned for sending corrupt pieces: "+strings.Join(banned, ", "))
 	}
-	return strings.Join(parts, "; ")
+	return cause, strings.Join(parts, "; ")
 }
 
 // pieceList shows up to 8 piece indexes.
