@@ -17,6 +17,7 @@ import (
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/fleet"
 	"github.com/shoal-deploy/shoal/swap"
+	"github.com/shoal-deploy/shoal/swarm"
 )
 
 // fullStatus asks one agent directly (the fleet's first agent may be down).
@@ -169,6 +170,9 @@ func TestOriginDiesMidFetch(t *testing.T) {
 		}
 		msg = s.LastError
 		if strings.Contains(msg, "held by none of the") && strings.Contains(msg, "origin host-1 is not a member any more") {
+			if s.Fetch == nil || s.Fetch.Stall != swarm.StallOriginGone {
+				t.Errorf("status names no stall cause %q: fetch %+v", swarm.StallOriginGone, s.Fetch)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
@@ -203,7 +207,13 @@ func TestDiskFullDuringFetch(t *testing.T) {
 	var s agent.ServiceStatus
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		s = hostStatus(t, f, host) // the agent answers: it did not crash
-		if strings.Contains(s.LastError, "no space left on device") || strings.Contains(s.LastError, "not enough free disk space") {
+		if strings.Contains(s.LastError, "no space left on device") {
+			if s.Fetch == nil || s.Fetch.Stall != swarm.StallWriteError {
+				t.Errorf("status names no stall cause %q: fetch %+v", swarm.StallWriteError, s.Fetch)
+			}
+			break
+		}
+		if strings.Contains(s.LastError, "not enough free disk space") {
 			break
 		}
 		if s.State == core.StateActive {
