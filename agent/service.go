@@ -293,6 +293,13 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 			s.fail(build, err)
 			return err
 		}
+		if err := s.store.Intact(build); err != nil {
+			// Checked once per process: after a restart (a power loss
+			// among the reasons) the live tree is hashed against what
+			// was unpacked.
+			s.fail(build, fmt.Errorf("the live release is damaged on disk: %w; deploy another build, or roll back", err))
+			return err
+		}
 		s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = "", nil })
 		if s.snapshot().State != core.StateActive {
 			s.to(core.StateActive, build, "already live")
@@ -300,7 +307,11 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		return nil
 	}
 	fetched := false
-	if !s.store.Matches(build, m.SHA256) {
+	// A release on disk goes live only if its files are still what was
+	// unpacked (hashed once per process: a power loss may have dropped
+	// writes); a damaged one is installed again, its archive re-fetched
+	// as far as it is damaged too.
+	if !s.store.Matches(build, m.SHA256) || s.store.Intact(build) != nil {
 		if st := s.snapshot(); st.State != core.StateFetching || st.Desired != build {
 			s.to(core.StateFetching, build, "")
 		}

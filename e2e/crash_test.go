@@ -86,3 +86,48 @@ func TestKillAtEveryStep(t *testing.T) {
 		t.Logf("kill at %-22q → active %s; hooks after the crash: %q", step, build, strings.Join(strings.Fields(since), " "))
 	}
 }
+
+// Power loss right after a release was installed, before it went live:
+// the writes the disk had not made durable are dropped (simulated by
+// killing the agent at "installed", then truncating a file of the release
+// and zeroing a stretch of the archive, as a file system that lost unflushed
+// data shows them). On restart the host finds the release damaged, never
+// activates it, re-fetches the damaged pieces, installs it again and goes
+// live on a tree identical to the published one.
+func TestPowerLossAfterInstall(t *testing.T) {
+	f := startFleet(t, 2, 54, func(int) []string { return hookArgs() })
+	victim := f.Agents[1]
+	deployV1(t, f, 256<<10)
+	src := filepath.Join(t.TempDir(), "v2")
+	makeTree(t, src, 2<<20, "v2")
+	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	victim.Stop()
+	victim.Spec.Env = []string{swap.FaultEnv + "=installed"}
+	restart(t, f, victim)
+	waitMembers(t, f, 2)
+	shoal(t, f, "deploy", "web", "v2")
+	select {
+	case <-victim.Exited():
+	case <-time.After(time.Minute):
+		t.Fatal("the agent did not kill itself at \"installed\"")
+	}
+	svc := filepath.Join(victim.Spec.DataDir, "services", "web")
+	if err := os.Truncate(filepath.Join(svc, "releases", "v2", "static", "blob.bin"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	damage(t, filepath.Join(victim.Spec.DataDir, "archives", "web@v2.tar"), 1<<20, 64<<10, 0)
+	hooksLog := filepath.Join(svc, "hooks.log")
+	before, _ := os.ReadFile(hooksLog)
+	victim.Spec.Env = nil
+	restart(t, f, victim)
+	waitMembers(t, f, 2)
+	allActive(t, f, "v2", src)
+	after, _ := os.ReadFile(hooksLog)
+	if n := strings.Count(strings.TrimPrefix(string(after), string(before)), "activate v2"); n != 1 {
+		t.Errorf("v2 activated %d times after the restart, want once (on the repaired tree)", n)
+	}
+	b, _ := os.ReadFile(victim.Log)
+	if !strings.Contains(string(b), "installed release is damaged; installing it again") {
+		t.Errorf("the agent's log does not say it found the release damaged")
+	}
+}

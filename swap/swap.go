@@ -55,6 +55,9 @@ var (
 type Store struct {
 	root string
 	log  zerolog.Logger
+	// checked holds the releases whose tree this process installed or
+	// checked (see Intact).
+	checked map[string]bool
 }
 
 // Open prepares (creating if needed) the release area at root and removes
@@ -68,7 +71,7 @@ func Open(root string, log zerolog.Logger) (*Store, error) {
 	if err := os.RemoveAll(filepath.Join(root, "cold")); err != nil {
 		return nil, fmt.Errorf("swap: clean cold dir: %w", err)
 	}
-	return &Store{root: root, log: log}, nil
+	return &Store{root: root, log: log, checked: map[string]bool{}}, nil
 }
 
 // Root is the service's release area.
@@ -119,7 +122,8 @@ func (s *Store) Matches(build, sha256hex string) bool {
 	if errors.Is(err, fs.ErrNotExist) {
 		return build == s.Current() || build == s.Previous()
 	}
-	return err == nil && strings.EqualFold(strings.TrimSpace(string(b)), sha256hex)
+	first, _, _ := strings.Cut(string(b), "\n")
+	return err == nil && strings.EqualFold(strings.TrimSpace(first), sha256hex)
 }
 
 // Installed lists installed builds, sorted by name.
@@ -152,17 +156,29 @@ func checkSum(archive string, h hash.Hash, want string) error {
 // changes. Installing an already installed build is a no-op.
 func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, lim Limits) (Stats, error) {
 	var st Stats
+	damaged := error(nil)
 	if s.Matches(build, sha256hex) {
-		return st, nil
+		if damaged = s.Intact(build); damaged == nil {
+			return st, nil
+		}
 	}
 	if s.Has(build) {
-		if build == s.Current() || build == s.Previous() {
+		if damaged != nil && build == s.Current() {
+			return st, fmt.Errorf("swap: install %s: %w; it is live and cannot be replaced under the service: deploy another build, or roll back (the previous release is checked before it goes live)", build, damaged)
+		}
+		if damaged == nil && (build == s.Current() || build == s.Previous()) {
 			return st, fmt.Errorf("swap: install %s: %w: releases/%s is %s and was unpacked from another archive; publish under a new build name",
 				build, ErrStaleRelease, build, map[bool]string{true: "live", false: "the previous release"}[build == s.Current()])
 		}
-		// Left by a crash before its sum was written, or a build name
-		// published again with other content: install it afresh.
-		s.log.Warn().Str("build", build).Msg("installed release does not match the published archive; installing it again")
+		// Left by a crash before its sum was written, a build name
+		// published again with other content, or damaged on disk (a
+		// power loss that dropped writes): install it afresh.
+		if damaged != nil {
+			s.log.Error().Err(damaged).Str("build", build).Msg("installed release is damaged; installing it again from its archive")
+		} else {
+			s.log.Warn().Str("build", build).Msg("installed release does not match the published archive; installing it again")
+		}
+		delete(s.checked, build)
 		if err := os.RemoveAll(s.ReleaseDir(build)); err != nil {
 			return st, fmt.Errorf("swap: install %s: remove the stale release: %w", build, err)
 		}
@@ -224,8 +240,12 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	if err := syncFS(tmp); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
+	digest, err := TreeDigest(tmp)
+	if err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
+	}
 	fault("unpacked")
-	if err := writeDurable(s.sumPath(build), []byte(strings.ToLower(sha256hex)+"\n")); err != nil {
+	if err := writeDurable(s.sumPath(build), []byte(strings.ToLower(sha256hex)+"\n"+sealPrefix+digest+"\n")); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	if err := os.Rename(tmp, s.ReleaseDir(build)); err != nil {
@@ -235,6 +255,7 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	if err := syncDir(filepath.Join(s.root, "releases")); err != nil {
 		return st, err
 	}
+	s.checked[build] = true
 	fault("installed")
 	return st, nil
 }
@@ -308,6 +329,7 @@ func (s *Store) Prune(keep int) []string {
 			kept++
 			continue
 		}
+		delete(s.checked, r.name)
 		if err := os.RemoveAll(s.ReleaseDir(r.name)); err == nil {
 			_ = os.Remove(s.sumPath(r.name))
 			removed = append(removed, r.name)
