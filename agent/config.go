@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/signal"
@@ -69,6 +70,19 @@ type Config struct {
 	// FetchStall is how long a fetch may make no progress before the
 	// service reports it as an error (the fetch keeps going). Default 60s.
 	FetchStall core.Duration `json:"fetch_stall,omitempty"`
+	// DiskLow and DiskHigh are the free-space watermarks of the data
+	// dir's file system: a size ("2GB") or a percentage ("5%"). Below
+	// DiskLow the agent evicts, oldest first, builds fetched but never
+	// installed and releases beyond current and previous, until DiskHigh
+	// is free; before a fetch it evicts likewise to fit the build.
+	// Defaults 5% and 10%.
+	DiskLow  string `json:"disk_low_watermark,omitempty"`
+	DiskHigh string `json:"disk_high_watermark,omitempty"`
+	// BuildGrace is how long a build fetched (or begun) here but never
+	// installed stays, should it be asked for again; the origin keeps the
+	// builds it published for as long, and at least keep_releases of
+	// them. Default 1h.
+	BuildGrace core.Duration `json:"build_grace,omitempty"`
 }
 
 // ServiceConfig is one service on this host.
@@ -115,6 +129,15 @@ func (c *Config) applyDefaults() {
 	}
 	if c.FetchStall == 0 {
 		c.FetchStall = core.Duration(60e9)
+	}
+	if c.DiskLow == "" {
+		c.DiskLow = "5%"
+	}
+	if c.DiskHigh == "" {
+		c.DiskHigh = "10%"
+	}
+	if c.BuildGrace == 0 {
+		c.BuildGrace = core.Duration(time.Hour)
 	}
 	for name, s := range c.Services {
 		if s.KeepReleases == 0 {
@@ -172,6 +195,11 @@ func (c Config) Validate() error {
 		}
 		if s.KeepReleases < 0 {
 			errs = append(errs, fmt.Errorf("agent: service %s: keep_releases must be >= 2", name))
+		}
+	}
+	for _, w := range []struct{ name, v string }{{"disk_low_watermark", c.DiskLow}, {"disk_high_watermark", c.DiskHigh}} {
+		if _, err := core.ParseFree(w.v, 100); w.v != "" && err != nil {
+			errs = append(errs, fmt.Errorf("agent: %s: %w", w.name, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -207,6 +208,9 @@ func (s *service) poke() {
 	}
 }
 
+// pruneEvery is how often the retention policy runs between deploys.
+const pruneEvery = 5 * time.Minute
+
 func (s *service) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -215,6 +219,8 @@ func (s *service) run(ctx context.Context) {
 	s.recover(ctx)
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	tidy := time.NewTicker(pruneEvery)
+	defer tidy.Stop()
 	backoff := time.Duration(0)
 	for {
 		select {
@@ -222,6 +228,9 @@ func (s *service) run(ctx context.Context) {
 			return
 		case <-s.wake:
 		case <-retry.C:
+		case <-tidy.C:
+			s.prune() // grace periods run out, disks fill up between deploys
+			continue
 		}
 		s.latestMu.Lock()
 		r := s.latest
@@ -465,6 +474,12 @@ func (s *service) limits(m *core.Manifest) swap.Limits {
 // archive plus its unpacked tree.
 func (s *service) checkSpace(m *core.Manifest) error {
 	need := m.UnpackedSize + m.Size - allocated(s.a.swarm.ArchivePath(m.Service, m.Build))
+	if low, _, free, err := s.watermarks(); err == nil && free-need < low {
+		// Old builds make way for the new one, down to the low watermark.
+		if dropped := s.makeRoom(need + low - free); len(dropped) > 0 {
+			s.log.Info().Strs("evicted", dropped).Str("build", m.Build).Msg("made room for a build")
+		}
+	}
 	return swap.CheckFree(s.a.cfg.DataDir, need, fmt.Sprintf("%s/%s (%d byte archive, %d bytes unpacked)", m.Service, m.Build, m.Size, m.UnpackedSize))
 }
 
@@ -607,27 +622,119 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 	}
 }
 
-// prune drops releases beyond KeepReleases, with their torrents, archives
-// and manifest copies; then builds that were fetched (or begun) here but
-// never installed, as a superseded fetch leaves them, unless this host is
-// their origin (it seeds what it published).
+// prune applies the retention policy: releases beyond keep_releases go
+// (never current or previous); builds fetched or begun here but never
+// installed go once older than build_grace (an origin keeps what it
+// published as long, and at least keep_releases of them); then, below the
+// low disk watermark, more goes, oldest first, until the high one is free.
+// Each goes with its torrent, archive and manifest copy. It runs after
+// every activation and every few minutes, on the service's goroutine.
 func (s *service) prune() {
 	for _, b := range s.store.Prune(s.cfg.KeepReleases) {
 		s.forget(b)
 		s.log.Info().Str("build", b).Msg("pruned old release")
 	}
+	grace := s.a.cfg.BuildGrace.D()
+	published := 0
+	for _, c := range s.uninstalled() {
+		if c.mine {
+			published++
+		}
+		if time.Since(c.at) < grace || (c.mine && published <= s.cfg.KeepReleases) {
+			continue
+		}
+		s.forget(c.build)
+		s.log.Info().Str("build", c.build).Dur("grace", grace).Msg("dropped a build fetched or published here but never installed")
+	}
+	if low, high, free, err := s.watermarks(); err == nil && free < low {
+		s.makeRoom(high - free)
+	}
+	s.update(func(st *ServiceStatus) { st.Installed = s.store.Installed() })
+}
+
+// candidate is a build on this host that is not installed.
+type candidate struct {
+	build string
+	at    time.Time // when its manifest copy was written here
+	mine  bool      // this host published it
+}
+
+// uninstalled lists this service's builds that have an archive or manifest
+// here but no release, newest first, leaving out the one asked for now.
+func (s *service) uninstalled() []candidate {
 	keep := map[string]bool{s.store.Current(): true, s.store.Previous(): true}
 	for _, b := range s.store.Installed() {
 		keep[b] = true
 	}
+	s.latestMu.Lock()
+	if s.latest != nil {
+		keep[s.latest.Build] = true
+	}
+	s.latestMu.Unlock()
+	var out []candidate
 	for _, m := range s.a.knownManifests() {
-		if m.Service != s.name || keep[m.Build] || m.Origin == s.a.cfg.Swarm.Node {
+		if m.Service != s.name || keep[m.Build] {
 			continue
 		}
-		s.forget(m.Build)
-		s.log.Info().Str("build", m.Build).Msg("dropped a build fetched (or begun) here but never installed")
+		at := m.PublishedAt
+		if fi, err := os.Stat(s.a.manifestPath(m.Service, m.Build)); err == nil {
+			at = fi.ModTime()
+		}
+		out = append(out, candidate{build: m.Build, at: at, mine: m.Origin == s.a.cfg.Swarm.Node})
 	}
-	s.update(func(st *ServiceStatus) { st.Installed = s.store.Installed() })
+	sort.Slice(out, func(i, j int) bool { return out[i].at.After(out[j].at) })
+	return out
+}
+
+// watermarks reads the disk watermarks (bytes) and the free space now.
+func (s *service) watermarks() (low, high, free int64, err error) {
+	total, err := swap.TotalBytes(s.a.cfg.DataDir)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if low, err = core.ParseFree(s.a.cfg.DiskLow, total); err != nil {
+		return 0, 0, 0, err
+	}
+	if high, err = core.ParseFree(s.a.cfg.DiskHigh, total); err != nil {
+		return 0, 0, 0, err
+	}
+	free, err = swap.FreeBytes(s.a.cfg.DataDir)
+	return low, max(high, low), free, err
+}
+
+// makeRoom frees at least need bytes if it can, oldest first: builds
+// fetched here but never installed (not ones this host published: it may
+// be their only copy), then releases other than current and previous.
+// It returns the names it dropped.
+func (s *service) makeRoom(need int64) []string {
+	start, err := swap.FreeBytes(s.a.cfg.DataDir)
+	if err != nil {
+		return nil
+	}
+	var victims []string
+	cands := s.uninstalled()
+	for i := len(cands) - 1; i >= 0; i-- {
+		if !cands[i].mine {
+			victims = append(victims, cands[i].build)
+		}
+	}
+	victims = append(victims, s.store.Evictable()...)
+	var dropped []string
+	for _, b := range victims {
+		if free, err := swap.FreeBytes(s.a.cfg.DataDir); err != nil || free-start >= need {
+			break
+		}
+		if s.store.Has(b) {
+			if err := s.store.Remove(b); err != nil {
+				s.log.Warn().Err(err).Str("build", b).Msg("cannot evict release")
+				continue
+			}
+		}
+		s.forget(b)
+		dropped = append(dropped, b)
+		s.log.Warn().Str("build", b).Int64("need_bytes", need).Msg("evicted to free disk space")
+	}
+	return dropped
 }
 
 // forget stops sharing a build and removes its archive and manifest copy.

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/shoal-deploy/shoal/core"
 )
 
 // Env is what a command may touch: its streams and environment.
@@ -152,27 +154,6 @@ func apiDefault(env Env) string {
 	return "127.0.0.1:7070"
 }
 
-// ParseSize reads "100MB", "64MiB", "1.5G", "4096" (bytes). K/M/G are
-// powers of 1000; Ki/Mi/Gi powers of 1024.
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "/s"), "B"))
-	mult := 1.0
-	for _, u := range []struct {
-		suf string
-		m   float64
-	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"K", 1e3}, {"k", 1e3}, {"M", 1e6}, {"G", 1e9}} {
-		if strings.HasSuffix(t, u.suf) {
-			t, mult = strings.TrimSuffix(t, u.suf), u.m
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
-	if err != nil || v < 0 {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit such as 100MB, 64MiB, 1G", s)
-	}
-	return int64(v * mult), nil
-}
-
 // HumanBytes prints n in the largest fitting binary unit.
 func HumanBytes(n int64) string {
 	const u = 1024
@@ -205,7 +186,7 @@ func (s *sizeFlag) String() string {
 	return strconv.FormatInt(n, 10)
 }
 func (s *sizeFlag) Set(v string) error {
-	n, err := ParseSize(v)
+	n, err := core.ParseSize(v)
 	*s = sizeFlag(n)
 	return err
 }

@@ -13,22 +13,6 @@ import (
 	"github.com/shoal-deploy/shoal/trust"
 )
 
-func TestParseSize(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"100MB", 100e6, true}, {"64MiB", 64 << 20, true}, {"10MB/s", 10e6, true}, {"1.5G", 1.5e9, true},
-		{"4096", 4096, true}, {"2Ki", 2048, true}, {"ten", 0, false}, {"-1MB", 0, false},
-	} {
-		got, err := ParseSize(tc.in)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
-		}
-	}
-}
-
 func TestHumanBytes(t *testing.T) {
 	for in, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 64 << 20: "64.0 MiB", 3 << 30: "3.0 GiB"} {
 		if got := HumanBytes(in); got != want {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -239,11 +240,15 @@ func TestDiskFullDuringFetch(t *testing.T) {
 // is kept for a build that was never installed (they used to stay forever,
 // and the engine went on downloading it).
 func TestSupersededFetchIsLetGo(t *testing.T) {
+	grace := filepath.Join(t.TempDir(), "grace.json")
+	if err := os.WriteFile(grace, []byte(`{"build_grace":"1ms"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	f := startFleet(t, 2, 42, func(i int) []string {
 		if i == 1 {
-			return []string{"--service", "web", "--download-rate", "1MB"}
+			return []string{"--service", "web", "--download-rate", "1MB", "--config", grace}
 		}
-		return []string{"--service", "web"}
+		return []string{"--service", "web", "--config", grace}
 	})
 	host := f.Agents[1]
 	dirs := map[string]string{}
@@ -664,5 +669,49 @@ func TestCorruptOriginHeals(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(origin.Log); !strings.Contains(string(b), "repaired this origin's copy from the publish directory") {
 		t.Errorf("the origin's log does not say it repaired its copy")
+	}
+}
+
+// A disk that cannot take the next build: the oldest release that is
+// neither current nor previous is evicted (with its archive and manifest
+// copy) to make room, and the deploy goes on; the live and previous
+// releases stay. Without the eviction the build does not fit (it used to be
+// refused until someone freed space by hand).
+func TestDiskWatermarkEvictsOldest(t *testing.T) {
+	small := smallDisk(t, "44m")
+	keep := filepath.Join(t.TempDir(), "keep.json")
+	if err := os.WriteFile(keep, []byte(`{"services":{"web":{"keep_releases":5}}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := startFleet(t, 1, 55, func(int) []string { return []string{"--service", "web"} })
+	host := addAgent(t, f, "tight", "127.0.55.9", filepath.Join(small, "data"), "--config", keep)
+	var src string
+	for i := 1; i <= 4; i++ {
+		b := fmt.Sprintf("v%d", i)
+		src = filepath.Join(t.TempDir(), b)
+		makeTree(t, src, 6<<20, b)
+		shoal(t, f, "publish", "--service", "web", "--build", b, src)
+		if i == 4 {
+			free, _ := swap.FreeBytes(small)
+			m := readManifest(t, f, b)
+			if need := m.Size + m.UnpackedSize; free >= need {
+				t.Skipf("%d bytes free, %d needed: the disk is not full enough to need an eviction", free, need)
+			}
+		}
+		shoal(t, f, "deploy", "web", b)
+		waitHost(t, f, host, time.Minute, b+" active", activeOn(b))
+	}
+	sameTree(t, src, filepath.Join(small, "data", "services", "web", "current"))
+	s := hostStatus(t, f, host)
+	if s.Previous != "v3" || strings.Join(s.Installed, ",") != "v2,v3,v4" {
+		t.Errorf("previous %q, installed %v; want v3 and v2,v3,v4 (v1 evicted)", s.Previous, s.Installed)
+	}
+	for _, p := range []string{"archives/web@v1.tar", "manifests/web@v1.json"} {
+		if _, err := os.Stat(filepath.Join(small, "data", p)); err == nil {
+			t.Errorf("%s was not evicted with its release", p)
+		}
+	}
+	if b, _ := os.ReadFile(host.Log); !strings.Contains(string(b), "evicted to free disk space") {
+		t.Error("the log does not say what was evicted")
 	}
 }

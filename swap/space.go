@@ -18,6 +18,15 @@ func FreeBytes(dir string) (int64, error) {
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
+// TotalBytes is the size of dir's file system.
+func TotalBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("swap: size of %s: %w", dir, err)
+	}
+	return int64(st.Blocks) * int64(st.Bsize), nil
+}
+
 // CheckFree returns ErrNoSpace, saying what needs how much, unless dir's
 // file system has at least need bytes free.
 func CheckFree(dir string, need int64, what string) error {

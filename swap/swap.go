@@ -299,9 +299,27 @@ func (s *Store) setLink(name, build string) error {
 // Prune removes installed releases until keep remain (current and previous
 // count toward keep and are never removed; the others go oldest first). It returns what it removed.
 func (s *Store) Prune(keep int) []string {
-	if keep < 2 {
-		keep = 2
+	keep = max(keep, 2)
+	evictable := s.Evictable()
+	kept := len(s.Installed()) - len(evictable) // current and previous
+	var removed []string
+	for i := len(evictable) - 1; i >= 0; i-- { // newest first
+		if kept < keep {
+			kept++
+			continue
+		}
+		if err := s.Remove(evictable[i]); err == nil {
+			removed = append(removed, evictable[i])
+		} else {
+			s.log.Warn().Err(err).Str("build", evictable[i]).Msg("prune failed")
+		}
 	}
+	return removed
+}
+
+// Evictable lists installed releases other than current and previous,
+// oldest first (by when they were installed).
+func (s *Store) Evictable() []string {
 	protect := map[string]bool{s.Current(): true, s.Previous(): true}
 	type rel struct {
 		name string
@@ -309,35 +327,29 @@ func (s *Store) Prune(keep int) []string {
 	}
 	var rs []rel
 	for _, b := range s.Installed() {
-		if fi, err := os.Stat(s.ReleaseDir(b)); err == nil {
+		if fi, err := os.Stat(s.ReleaseDir(b)); err == nil && !protect[b] {
 			rs = append(rs, rel{b, fi.ModTime().UnixNano()})
 		}
 	}
-	sort.Slice(rs, func(i, j int) bool { return rs[i].mt > rs[j].mt })
-	var removed []string
-	kept := 0
-	for _, r := range rs {
-		if protect[r.name] {
-			kept++
-		}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].mt < rs[j].mt })
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.name
 	}
-	for _, r := range rs {
-		if protect[r.name] {
-			continue
-		}
-		if kept < keep {
-			kept++
-			continue
-		}
-		delete(s.checked, r.name)
-		if err := os.RemoveAll(s.ReleaseDir(r.name)); err == nil {
-			_ = os.Remove(s.sumPath(r.name))
-			removed = append(removed, r.name)
-		} else {
-			s.log.Warn().Err(err).Str("build", r.name).Msg("prune failed")
-		}
+	return out
+}
+
+// Remove deletes an installed release that is neither current nor previous.
+func (s *Store) Remove(build string) error {
+	if build == s.Current() || build == s.Previous() {
+		return fmt.Errorf("swap: remove %s: it is the current or previous release", build)
 	}
-	return removed
+	delete(s.checked, build)
+	if err := os.RemoveAll(s.ReleaseDir(build)); err != nil {
+		return fmt.Errorf("swap: remove %s: %w", build, err)
+	}
+	_ = os.Remove(s.sumPath(build))
+	return nil
 }
 
 // syncFS flushes the file system holding dir (syncfs(2)): one call for
