@@ -232,7 +232,7 @@ func (a *Agent) stayRegistered(ctx context.Context) {
 			err = a.sig.Heartbeat(ctx, node)
 		}
 		if !registered || err != nil {
-			if err = a.sig.Register(ctx, node, a.cfg.Swarm.BindAddr, port, services); err == nil {
+			if err = a.sig.Register(ctx, node, a.cfg.Swarm.BindAddr, port, services, a.cfg.Tags); err == nil {
 				registered = true
 			}
 		}
@@ -539,13 +539,14 @@ type Status struct {
 	Gossip   string          `json:"gossip"`
 	Torrent  string          `json:"torrent"`
 	Members  int             `json:"members"`
+	Tags     []string        `json:"tags,omitempty"`
 	Services []ServiceStatus `json:"services"`
 }
 
 // Status snapshots every service.
 func (a *Agent) Status() Status {
 	st := Status{Node: a.cfg.Swarm.Node, Version: Version, API: a.cfg.API, Gossip: a.swarm.GossipAddr(),
-		Torrent: a.swarm.TorrentAddr(), Members: len(a.swarm.Members())}
+		Torrent: a.swarm.TorrentAddr(), Members: len(a.swarm.Members()), Tags: a.cfg.Tags}
 	a.mu.RLock()
 	for _, s := range a.services {
 		st.Services = append(st.Services, s.snapshot())

@@ -49,6 +49,11 @@ type Config struct {
 	// PublishRoots, if set, are the only directories `shoal publish` may
 	// pack from (and their subdirectories).
 	PublishRoots []string `json:"publish_roots,omitempty"`
+	// Tags place this host in staged rollouts (`shoal deploy --stages
+	// canary,10%,all` selects the hosts tagged canary first), e.g.
+	// "staging", "canary", "zone=us-east-1a". Shown in status and
+	// registered in Consul's catalog.
+	Tags []string `json:"tags,omitempty"`
 	// MaxUnpackedBytes caps any build's unpacked size on this host,
 	// whatever its manifest declares. Default 64 GB.
 	MaxUnpackedBytes int64 `json:"max_unpacked_bytes,omitempty"`
@@ -195,6 +200,11 @@ func (c Config) Validate() error {
 		}
 		if s.KeepReleases < 0 {
 			errs = append(errs, fmt.Errorf("agent: service %s: keep_releases must be >= 2", name))
+		}
+	}
+	for _, t := range c.Tags {
+		if err := core.ValidStage(t); err != nil || strings.HasSuffix(t, "%") || t == "all" {
+			errs = append(errs, fmt.Errorf("agent: tag %q: a tag is a word like canary or zone=us-east-1a (no spaces, commas or %%, not \"all\")", t))
 		}
 	}
 	for _, w := range []struct{ name, v string }{{"disk_low_watermark", c.DiskLow}, {"disk_high_watermark", c.DiskHigh}} {

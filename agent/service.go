@@ -28,9 +28,16 @@ type ServiceStatus struct {
 	StateSince time.Time  `json:"state_since"`
 	// Phase is the step within draining: drain, switch, activate, health, revert.
 	Phase string `json:"phase,omitempty"`
-	// Desired is the build Consul asks for; Seq its release number.
-	Desired   string   `json:"desired,omitempty"`
-	Seq       int64    `json:"seq,omitempty"`
+	// Desired is the build this host should run; Seq the release number.
+	// During a staged rollout that has not reached this host (Held),
+	// Desired is the previous build and Prefetched names the new one once
+	// it is fetched and unpacked here; Stage is the rollout stage of the
+	// release record handled (-1: none).
+	Desired    string `json:"desired,omitempty"`
+	Seq        int64  `json:"seq,omitempty"`
+	Stage      int    `json:"stage"`
+	Held       bool   `json:"held,omitempty"`
+	Prefetched string `json:"prefetched,omitempty"`
 	Current   string   `json:"current,omitempty"`
 	Previous  string   `json:"previous,omitempty"`
 	Installed []string `json:"installed,omitempty"`
@@ -274,8 +281,32 @@ var (
 // retried; errSuperseded means a newer release arrived; anything else (or
 // nil) ends the handling of r.
 func (s *service) apply(ctx context.Context, r *core.Release) error {
-	build := r.Build
-	s.update(func(st *ServiceStatus) { st.Desired, st.Seq = build, r.Seq })
+	stage := -1
+	if r.Rollout != nil {
+		stage = r.Rollout.Stage
+	}
+	if r.Rollout != nil && r.Previous != "" && !r.Rollout.Selected(s.name, s.a.cfg.Swarm.Node, s.a.cfg.Tags) {
+		// A staged rollout has not reached this host: it runs the
+		// previous build (a host new to the fleet gets it first) and has
+		// the new one fetched and unpacked beside it, to switch with no
+		// transfer when its stage comes.
+		s.update(func(st *ServiceStatus) {
+			st.Desired, st.Seq, st.Stage, st.Held, st.Prefetched = r.Previous, r.Seq, stage, true, ""
+		})
+		if err := s.deploy(ctx, r, r.Previous, false); err != nil {
+			return err
+		}
+		return s.deploy(ctx, r, r.Build, true)
+	}
+	s.update(func(st *ServiceStatus) {
+		st.Desired, st.Seq, st.Stage, st.Held, st.Prefetched = r.Build, r.Seq, stage, false, ""
+	})
+	return s.deploy(ctx, r, r.Build, false)
+}
+
+// deploy makes build live, or with prefetch only fetches and unpacks it
+// beside the live release (Prefetched says so once done).
+func (s *service) deploy(ctx context.Context, r *core.Release, build string, prefetch bool) error {
 	// The manifest first, even for a build on disk (a rollback): its
 	// signature is checked, and the release directory must have been
 	// unpacked from the archive it names, not merely carry its name.
@@ -295,7 +326,7 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		}
 		return fmt.Errorf("%w: %v", errRetry, err)
 	}
-	if s.store.Current() == build {
+	if s.store.Current() == build && !prefetch {
 		if !s.store.Matches(build, m.SHA256) {
 			err := fmt.Errorf("the live releases/%s was unpacked from another archive than the published %s (sha256 %s…): %w; publish under a new build name",
 				build, build, m.SHA256[:12], swap.ErrStaleRelease)
@@ -322,7 +353,7 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 	// as far as it is damaged too.
 	if !s.store.Matches(build, m.SHA256) || s.store.Intact(build) != nil {
 		if st := s.snapshot(); st.State != core.StateFetching || st.Desired != build {
-			s.to(core.StateFetching, build, "")
+			s.to(core.StateFetching, build, map[bool]string{true: "prefetch"}[prefetch])
 		}
 		if err := s.checkSpace(m); err != nil {
 			// Failed (status says so), but tried again with backoff: the
@@ -367,8 +398,15 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 		s.to(core.StateReady, build, "")
 		fetched = true
 	}
-	if !fetched {
+	if !fetched && !prefetch {
 		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
+	}
+	if prefetch {
+		s.update(func(st *ServiceStatus) { st.Prefetched, st.LastError, st.LastErrorAt = build, "", nil })
+		if cur := s.store.Current(); cur != "" && s.snapshot().State != core.StateActive {
+			s.to(core.StateActive, cur, "prefetched "+build)
+		}
+		return nil
 	}
 	s.to(core.StateDraining, build, "")
 	err = s.store.Activate(ctx, s.name, build, s.cfg.Hooks, s.onPhase(build))

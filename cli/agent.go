@@ -16,7 +16,7 @@ type agentFlags struct {
 	logFormat, logLevel, fetch                              string
 	apiToken, peerAPI, gossipKey                            string
 	gossipPort, torrentPort, healthRetries, keep, maxPeers  int
-	join, services, trustedKeys, publishRoots               listFlag
+	join, services, trustedKeys, publishRoots, tags         listFlag
 	drain, activate, healthCmd, healthURL                   string
 	hookTimeout, healthInterval, peerRefresh                time.Duration
 	up, down                                                sizeFlag
@@ -40,6 +40,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.trustedKeys, "trusted-key", "public key whose signed builds run here, or @FILE (repeatable)")
 	fs.BoolVar(&f.insecureDev, "insecure-dev", false, "accept unsigned builds and plain gossip (a laptop only; says so everywhere)")
 	fs.Var(&f.publishRoots, "publish-root", "only publish directories under this one (repeatable)")
+	fs.Var(&f.tags, "tag", "a tag staged rollouts select hosts by, e.g. canary or zone=us-east-1a (repeatable)")
 	fs.BoolVar(&f.allowSetuid, "allow-setuid", false, "keep setuid/setgid/sticky bits from builds of the --service(s)")
 	fs.StringVar(&f.consul, "consul", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&f.token, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
@@ -111,6 +112,7 @@ func (f *agentFlags) build() (agent.Config, error) {
 	set(&cfg.GossipKey, f.gossipKey)
 	cfg.TrustedKeys = append(cfg.TrustedKeys, f.trustedKeys...)
 	cfg.PublishRoots = append(cfg.PublishRoots, f.publishRoots...)
+	cfg.Tags = append(cfg.Tags, f.tags...)
 	cfg.InsecureDev = cfg.InsecureDev || f.insecureDev
 	cfg.Pprof = cfg.Pprof || f.pprof
 	if len(f.join) > 0 {

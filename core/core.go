@@ -111,6 +111,10 @@ type Release struct {
 	At     time.Time `json:"at"`
 	// Rollback is true when this release was written by `shoal rollback`.
 	Rollback bool `json:"rollback,omitempty"`
+	// Rollout, while set, rolls Build out in stages (see rollout.go):
+	// hosts it has not reached yet keep running Previous, with Build
+	// fetched and unpacked beside it.
+	Rollout *Rollout `json:"rollout,omitempty"`
 	// ModifyIndex is Consul's modify index of the key (not stored in the value).
 	ModifyIndex uint64 `json:"-"`
 }
@@ -160,6 +164,11 @@ func UnmarshalRelease(b []byte) (*Release, error) {
 	if r.Previous != "" {
 		if err := ValidName("previous build", r.Previous); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidRelease, err)
+		}
+	}
+	if r.Rollout != nil {
+		if err := r.Rollout.Validate(); err != nil {
+			return nil, err
 		}
 	}
 	return &r, nil

@@ -86,7 +86,9 @@ func allActive(t *testing.T, f *fleet.Fleet, build, src string) map[string]*agen
 		t.Fatalf("%s did not settle: %v", build, err)
 	}
 	for _, a := range f.Agents {
-		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != build {
+		if s := st[a.Spec.Node]; s == nil {
+			t.Errorf("%s: no status (down?)", a.Spec.Node)
+		} else if s.State != core.StateActive || s.Current != build {
 			t.Errorf("%s: %s on %q (%s), want active %s", a.Spec.Node, s.State, s.Current, s.LastError, build)
 		}
 		sameTree(t, src, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
@@ -347,7 +349,7 @@ func TestConsulOutageAndDataLoss(t *testing.T) {
 		t.Fatalf("v3 after the data loss: %v", err)
 	}
 	for _, a := range f.Agents {
-		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != "v3" || s.Note != "" {
+		if s := st[a.Spec.Node]; s == nil || s.State != core.StateActive || s.Current != "v3" || s.Note != "" {
 			t.Errorf("%s: %s on %q note %q, want active v3 and no note", a.Spec.Node, s.State, s.Current, s.Note)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -29,16 +30,18 @@ type Host struct {
 	Status string `json:"status"`
 	// Services the host runs.
 	Services []string `json:"services"`
+	// Tags place the host in staged rollouts.
+	Tags []string `json:"tags,omitempty"`
 }
 
 func checkID(node string) string { return "shoal-" + node + "-ttl" }
 
 // Register adds this agent to the catalog (again: it is idempotent) with a
 // passing TTL check. Call Heartbeat at least every HostTTL/2.
-func (c *Client) Register(ctx context.Context, node, addr string, port int, services []string) error {
+func (c *Client) Register(ctx context.Context, node, addr string, port int, services, tags []string) error {
 	reg := &api.AgentServiceRegistration{
 		ID: "shoal-" + node, Name: CatalogService, Tags: services, Address: addr, Port: port,
-		Meta: map[string]string{"node": node},
+		Meta: map[string]string{"node": node, "tags": strings.Join(tags, ",")},
 		Check: &api.AgentServiceCheck{CheckID: checkID(node), Name: "shoal agent " + node, TTL: HostTTL.String(),
 			Status: api.HealthPassing, DeregisterCriticalServiceAfter: (72 * time.Hour).String()},
 	}
@@ -79,6 +82,9 @@ func (c *Client) ExpectedHosts(ctx context.Context, service string) ([]Host, err
 	var out []Host
 	for _, e := range entries {
 		h := Host{Node: e.Service.Meta["node"], Status: e.Checks.AggregatedStatus(), Services: e.Service.Tags}
+		if t := e.Service.Meta["tags"]; t != "" {
+			h.Tags = strings.Split(t, ",")
+		}
 		if h.Node == "" {
 			h.Node = e.Service.ID
 		}

@@ -224,11 +224,18 @@ func decodeRelease(p *api.KVPair) (*core.Release, error) {
 // exist. The write is check-and-set against the release read just before;
 // a concurrent deploy makes it fail with ErrConflict rather than clobber.
 func (c *Client) Deploy(ctx context.Context, service, build, by, reason string) (*core.Release, error) {
+	return c.deploy(ctx, service, build, by, reason, nil)
+}
+
+func (c *Client) deploy(ctx context.Context, service, build, by, reason string, ro *core.Rollout) (*core.Release, error) {
 	if _, err := c.Manifest(ctx, service, build); err != nil {
 		return nil, err
 	}
+	if err := c.checkUnlocked(ctx, service); err != nil {
+		return nil, err
+	}
 	return c.swapRelease(ctx, service, func(cur *core.Release) (*core.Release, error) {
-		next := &core.Release{Service: service, Build: build, By: by, Reason: reason}
+		next := &core.Release{Service: service, Build: build, By: by, Reason: reason, Rollout: ro}
 		if cur != nil {
 			next.Seq = cur.Seq + 1
 			next.Previous = cur.Build

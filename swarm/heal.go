@@ -196,6 +196,9 @@ func (x *Transfer) repairFromSource() (int, error) {
 // from a good copy; both close the connection). The callback runs under
 // the engine's lock, which Peer.Stats takes: read it afterwards.
 func (s *Swarm) onPeerClosed(p *torrent.Peer) {
+	if p.Torrent() == nil {
+		return // closed before its handshake named a torrent: it sent nothing (and Stats would dereference nil)
+	}
 	go func() {
 		st := p.Stats()
 		n := st.PiecesDirtiedBad.Int64()
