@@ -194,12 +194,30 @@ func withExpected(ctx context.Context, c consulFlags, rows []HostRow, service st
 	return rows, nil
 }
 
+// handled: the host has handled release rel. During a staged rollout
+// (and at rel's current stage) a host the rollout has not reached is done
+// when it runs the previous build with rel's build prefetched.
 func handled(r HostRow, rel *core.Release) bool {
 	s := r.Service
-	if s == nil || s.Desired != rel.Build || s.Seq != rel.Seq {
+	if s == nil || s.Seq != rel.Seq {
 		return false
 	}
-	return (s.State == core.StateActive && s.Current == rel.Build) || s.State == core.StateFailed
+	want := rel.Build
+	if rel.Rollout != nil {
+		if s.Stage != rel.Rollout.Stage {
+			return false
+		}
+		if s.Held {
+			want = rel.Previous
+		}
+	}
+	if s.Desired != want {
+		return false
+	}
+	if s.State == core.StateFailed {
+		return true
+	}
+	return s.State == core.StateActive && s.Current == want && (!s.Held || s.Prefetched == rel.Build)
 }
 
 // pending names the hosts that have not handled rel.

@@ -43,6 +43,10 @@ type RolloutParams struct {
 	MetricMax *float64 `json:"metric_max,omitempty"`
 	ZScore    float64  `json:"zscore,omitempty"` // 0: no anomaly test
 	Baseline  int      `json:"baseline,omitempty"`
+	// Mean and Std are the metric's before the rollout (for --resume).
+	Mean   float64 `json:"mean,omitempty"`
+	Std    float64 `json:"std,omitempty"`
+	Learnt bool    `json:"learnt,omitempty"`
 	Paused    bool     `json:"paused,omitempty"`
 }
 

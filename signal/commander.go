@@ -56,12 +56,12 @@ func (l *CommanderLock) Release() { _ = l.lock.Unlock(); _ = l.lock.Destroy() }
 
 // LockCommander takes the commander lock of service, or fails at once
 // with ErrCommanderBusy naming its holder. A commander that dies loses the
-// lock when its session's TTL runs out (15 s), and the rollout holds where
+// lock when its session's TTL runs out (Consul takes 10-20 s), and the rollout holds where
 // it is until `shoal deploy --resume`.
 func (c *Client) LockCommander(ctx context.Context, service, by string) (*CommanderLock, error) {
 	v, _ := json.Marshal(Holder{By: by, Since: time.Now().UTC()})
 	l, err := c.cl.LockOpts(&api.LockOptions{Key: c.key(service, "commander"), Value: v, SessionName: "shoal commander " + service,
-		SessionTTL: "15s", LockTryOnce: true, LockWaitTime: time.Second})
+		SessionTTL: "10s", LockDelay: time.Second, LockTryOnce: true, LockWaitTime: time.Second, MonitorRetries: 3})
 	if err != nil {
 		return nil, c.unreachable("lock "+service, err)
 	}
@@ -74,7 +74,7 @@ func (c *Client) LockCommander(ctx context.Context, service, by string) (*Comman
 		if p, _, err := c.kv.Get(c.key(service, "commander"), nil); err == nil && p != nil {
 			_ = json.Unmarshal(p.Value, &h)
 		}
-		return nil, fmt.Errorf("signal: %w: %s is driven by %s since %s; wait for it, or if it died, `shoal deploy --resume %s` once its lock expires (15 s)",
+		return nil, fmt.Errorf("signal: %w: %s is driven by %s since %s; wait for it, or if it died, `shoal deploy --resume %s` once its lock expires (10-20 s after it died)",
 			ErrCommanderBusy, service, h.By, h.Since.Format(time.RFC3339), service)
 	}
 	return &CommanderLock{lock: l, Lost: lost}, nil

@@ -1,0 +1,76 @@
+package core
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Percentage stages: a host's place is stable, a stage's set only grows
+// with the percentage, and over many hosts the share is about right.
+func TestStagePercentagesGrowAndAreStable(t *testing.T) {
+	const n = 2000
+	prev := map[string]bool{}
+	for _, pct := range []string{"1%", "10%", "25%", "50%", "75%", "100%"} {
+		cur := map[string]bool{}
+		for i := 0; i < n; i++ {
+			node := fmt.Sprintf("host-%d", i)
+			if StageSelects(pct, "web", node, nil) {
+				cur[node] = true
+			}
+			if StageSelects(pct, "web", node, nil) != cur[node] {
+				t.Fatal("not stable")
+			}
+		}
+		for node := range prev {
+			if !cur[node] {
+				t.Errorf("%s left the set going to %s", node, pct)
+			}
+		}
+		var want float64
+		fmt.Sscanf(pct, "%g%%", &want)
+		if got := float64(len(cur)) / n * 100; got < want-3 || got > want+3 {
+			t.Errorf("%s selects %.1f%% of %d hosts", pct, got, n)
+		}
+		prev = cur
+	}
+	// Another service orders the hosts differently.
+	same := 0
+	for i := 0; i < n; i++ {
+		node := fmt.Sprintf("host-%d", i)
+		if StageSelects("10%", "web", node, nil) && StageSelects("10%", "api", node, nil) {
+			same++
+		}
+	}
+	if same > n/20 {
+		t.Errorf("web and api pick the same 10%% (%d of %d hosts in both)", same, n)
+	}
+}
+
+func TestRolloutSelectsEarlierStagesToo(t *testing.T) {
+	ro := &Rollout{ID: "x", Stages: []string{"canary", "zone=b", "all"}}
+	canary, zoneB, other := []string{"canary"}, []string{"zone=b"}, []string{"zone=a"}
+	check := func(stage int, tags []string, want bool) {
+		t.Helper()
+		ro.Stage = stage
+		if got := ro.Selected("web", "h", tags); got != want {
+			t.Errorf("stage %d, tags %v: selected %v, want %v", stage, tags, got, want)
+		}
+	}
+	check(0, canary, true)
+	check(0, zoneB, false)
+	check(1, canary, true)
+	check(1, zoneB, true)
+	check(1, other, false)
+	check(2, other, true)
+	if (*Rollout)(nil).Selected("web", "h", nil) != true {
+		t.Error("no rollout must select everyone")
+	}
+	if got := ro.StageOf("web", "h", zoneB); got != 1 {
+		t.Errorf("StageOf zone=b = %d", got)
+	}
+	for _, bad := range []*Rollout{{Stages: nil}, {Stages: []string{"0%"}}, {Stages: []string{"a b"}}, {Stages: []string{"all"}, Stage: 1}} {
+		if bad.Validate() == nil {
+			t.Errorf("%+v validated", bad)
+		}
+	}
+}
