@@ -44,6 +44,7 @@ func commands() []command {
 		{"history", "show a service's deploys, rollouts, gate failures, rollbacks and locks", runHistory},
 		{"lock", "lock a service against deploys (rollbacks stay allowed)", runLock},
 		{"unlock", "lift a service's deploy lock", runUnlock},
+		{"window", "show or set when a service may be deployed", runWindow},
 		{"keygen", "make a signing key pair, a gossip key or a control API token", runKeygen},
 		{"validate", "check an agent config file and exit", runValidate},
 		{"bench", "measure fleet-wide pull time on a local fleet (p2p vs origin, against T*)", runBench},

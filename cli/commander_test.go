@@ -1,6 +1,11 @@
 package cli
 
 import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/shoal-deploy/shoal/agent"
@@ -77,5 +82,46 @@ func TestHandledDuringRollout(t *testing.T) {
 	tl := tally([]HostRow{row(cases[0].s), row(cases[1].s), row(cases[2].s)}, rel)
 	if tl.settled || tl.activeInStage != 1 || tl.prefetched != 1 || tl.pending != 1 {
 		t.Errorf("tally: %+v", tl)
+	}
+}
+
+// The metric gate against a small HTTP endpoint serving a deterministic
+// series: a steady noisy stretch passes, the jump trips the anomaly test;
+// a Prometheus instant-vector answer reads the same.
+func TestMetricGateOverHTTP(t *testing.T) {
+	series := []float64{10.1, 9.8, 10.3, 9.9, 10.0, 10.2, 9.7, 10.1, 9.9, 10.0, // baseline
+		10.2, 9.8, 10.1, // rollout, steady
+		16.0} // the jump
+	i := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := series[min(i, len(series)-1)]
+		i++
+		if i%2 == 0 {
+			fmt.Fprintf(w, `{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000,"%g"]}]}}`, v)
+			return
+		}
+		fmt.Fprintf(w, "%g\n", v)
+	}))
+	defer srv.Close()
+	g := newMetricGate(srv.URL, nil, 4)
+	ctx := context.Background()
+	var base []float64
+	for k := 0; k < 10; k++ {
+		v, err := g.sample(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base = append(base, v)
+	}
+	g.learn(base)
+	for k := 0; k < 3; k++ {
+		v, _ := g.sample(ctx)
+		if why := g.judge(v); why != "" {
+			t.Errorf("steady sample %g tripped: %s", v, why)
+		}
+	}
+	v, _ := g.sample(ctx)
+	if why := g.judge(v); !strings.Contains(why, "z-score") {
+		t.Errorf("the jump to %g passed the anomaly test (%q)", v, why)
 	}
 }

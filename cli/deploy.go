@@ -57,6 +57,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 	pause := fs.Bool("pause", false, "pause the rollout of SERVICE: its commander stops promoting and exits")
 	planOnly := fs.Bool("plan", false, "print which hosts each stage would hold; change nothing")
 	api := fs.String("api", apiDefault(env), "address of any agent's API, to follow the fleet ($SHOAL_API)")
+	force := fs.Bool("force", false, "deploy outside the service's deploy window (recorded in the history)")
 	keep := fs.Int("history", signal.HistoryKeep, "history entries to keep per service")
 	pos, err := interleave(fs, args)
 	if err != nil {
@@ -114,6 +115,11 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 			return errors.New("--plan needs --stages")
 		}
 		return plan(ctx, env, sig, service, stageList, *asJSON)
+	}
+	if !*resume {
+		if err := checkWindow(ctx, env, sig, service, *force, *reason); err != nil {
+			return err
+		}
 	}
 	if !*resume && len(stageList) == 0 {
 		if err := core.ValidName("build", pos[1]); err != nil {
@@ -442,5 +448,93 @@ func runHistory(ctx context.Context, env Env, args []string) error {
 		}
 		fmt.Fprintln(env.Stdout, line)
 	}
+	return nil
+}
+
+// now is the commander's clock: $SHOAL_NOW (RFC 3339) if set, for tests
+// and dry runs of windows; the real time otherwise.
+func now(env Env) time.Time {
+	if v := env.Getenv("SHOAL_NOW"); v != "" {
+		if t, err := time.Parse(time.RFC3339, v); err == nil {
+			return t
+		}
+	}
+	return time.Now()
+}
+
+// checkWindow refuses a deploy outside the service's window, unless forced
+// (which the history records).
+func checkWindow(ctx context.Context, env Env, sig *signal.Client, service string, force bool, reason string) error {
+	w, err := sig.Window(ctx, service)
+	if err != nil || w == nil {
+		return err
+	}
+	t := now(env)
+	if w.Open(t) {
+		return nil
+	}
+	loc, _ := time.LoadLocation(w.TZ)
+	at := t.In(loc).Format("Mon 15:04 MST")
+	if !force {
+		return fmt.Errorf("%s is outside its deploy window (%s; now %s); deploy inside it, or --force (recorded in the history)", service, w, at)
+	}
+	_ = sig.AppendHistory(ctx, service, signal.HistoryEntry{By: whoami(), Event: "override", Outcome: "forced",
+		Detail: fmt.Sprintf("deployed outside the window %s at %s: %s", w, at, reason)}, signal.HistoryKeep)
+	fmt.Fprintf(env.Stderr, "note: deploying outside the window of %s (%s; now %s), as forced\n", service, w, at)
+	return nil
+}
+
+func runWindow(ctx context.Context, env Env, args []string) error {
+	fs := newFlags(env, "window", "SERVICE [--days mon-fri --hours 09:00-17:00 --tz Europe/Berlin | --clear]",
+		"Show or set when SERVICE may be deployed. Outside the window `shoal deploy` is refused\n"+
+			"unless --force (recorded in the history); rollbacks are always allowed.")
+	var c consulFlags
+	c.bind(fs)
+	days := fs.String("days", "", "days, e.g. mon-fri or mon,wed (default every day)")
+	hours := fs.String("hours", "", "local hours, e.g. 09:00-17:00 (22:00-02:00 spans midnight; default all day)")
+	tz := fs.String("tz", "UTC", "IANA time zone of --hours")
+	clear := fs.Bool("clear", false, "remove the window (deploy any time)")
+	pos, err := interleave(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	sig, err := c.client()
+	if err != nil {
+		return err
+	}
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "days" || f.Name == "hours" || f.Name == "tz" })
+	switch {
+	case *clear:
+		if err := sig.ClearWindow(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "%s may be deployed any time\n", pos[0])
+		return nil
+	case set:
+		w, err := core.ParseWindow(*days, *hours, *tz)
+		if err != nil {
+			return err
+		}
+		if err := sig.SetWindow(ctx, pos[0], w); err != nil {
+			return err
+		}
+		_ = sig.AppendHistory(ctx, pos[0], signal.HistoryEntry{By: whoami(), Event: "window", Detail: w.String()}, signal.HistoryKeep)
+		fmt.Fprintf(env.Stdout, "%s may be deployed %s\n", pos[0], w)
+		return nil
+	}
+	w, err := sig.Window(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if w == nil {
+		fmt.Fprintf(env.Stdout, "%s may be deployed any time\n", pos[0])
+		return nil
+	}
+	fmt.Fprintf(env.Stdout, "%s may be deployed %s (open now: %v)\n", pos[0], w, w.Open(now(env)))
 	return nil
 }

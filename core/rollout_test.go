@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // Percentage stages: a host's place is stable, a stage's set only grows
@@ -71,6 +72,44 @@ func TestRolloutSelectsEarlierStagesToo(t *testing.T) {
 	for _, bad := range []*Rollout{{Stages: nil}, {Stages: []string{"0%"}}, {Stages: []string{"a b"}}, {Stages: []string{"all"}, Stage: 1}} {
 		if bad.Validate() == nil {
 			t.Errorf("%+v validated", bad)
+		}
+	}
+}
+
+func TestWindow(t *testing.T) {
+	w, err := ParseWindow("mon-fri", "09:00-17:00", "Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(s string) time.Time {
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for s, want := range map[string]bool{
+		"2026-11-30T08:30:00Z": true,  // Monday 09:30 in Berlin
+		"2026-11-30T07:30:00Z": false, // 08:30
+		"2026-11-30T16:00:00Z": false, // 17:00: the end is outside
+		"2026-11-28T10:00:00Z": false, // Saturday
+	} {
+		if got := w.Open(at(s)); got != want {
+			t.Errorf("%s: open %v, want %v (%s)", s, got, want, w)
+		}
+	}
+	night, err := ParseWindow("fri", "22:00-02:00", "UTC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s, want := range map[string]bool{"2026-11-27T23:00:00Z": true, "2026-11-28T01:00:00Z": true, "2026-11-28T03:00:00Z": false, "2026-11-27T01:00:00Z": false} {
+		if got := night.Open(at(s)); got != want {
+			t.Errorf("%s: open %v, want %v (%s)", s, got, want, night)
+		}
+	}
+	for _, bad := range [][3]string{{"funday", "", ""}, {"mon", "9-5", ""}, {"mon", "09:00-17:00", "Mars/Olympus"}} {
+		if _, err := ParseWindow(bad[0], bad[1], bad[2]); err == nil {
+			t.Errorf("ParseWindow%v accepted", bad)
 		}
 	}
 }

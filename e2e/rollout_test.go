@@ -280,6 +280,28 @@ func TestCommanderLockResumeAndServiceLock(t *testing.T) {
 	if _, err := waitSettled(t, f, "web"); err != nil {
 		t.Fatal(err)
 	}
+
+	// A deploy window (clock injected): refused outside it, --force
+	// overrides and is recorded; inside it, deploys go.
+	shoal(t, f, "window", "web", "--days", "mon-fri", "--hours", "09:00-17:00", "--tz", "Europe/Berlin")
+	t.Setenv("SHOAL_NOW", "2026-11-28T10:00:00Z") // a Saturday
+	if _, err := f.Shoal(ctx, "deploy", "web", "v1"); err == nil || !strings.Contains(err.Error(), "outside its deploy window (mon,tue,wed,thu,fri 09:00-17:00 Europe/Berlin; now Sat 11:00 CET)") {
+		t.Errorf("a deploy outside the window was not refused as expected: %v", err)
+	}
+	shoal(t, f, "rollback", "web", "--reason", "rollbacks ignore windows")
+	shoal(t, f, "deploy", "web", "v2", "--force", "--reason", "incident 43")
+	var override bool
+	for _, h := range historyOf(t, f) {
+		override = override || (h.Event == "override" && strings.Contains(h.Detail, "incident 43"))
+	}
+	if !override {
+		t.Error("the history does not record the forced deploy")
+	}
+	t.Setenv("SHOAL_NOW", "2026-11-30T10:00:00Z") // Monday, 11:00 in Berlin
+	shoal(t, f, "deploy", "web", "v1")
+	if _, err := waitSettled(t, f, "web"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func nopLog() zerolog.Logger { return zerolog.Nop() }

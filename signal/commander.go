@@ -232,3 +232,36 @@ func (c *Client) History(ctx context.Context, service string) ([]HistoryEntry, e
 	}
 	return out, nil
 }
+
+// SetWindow sets the deploy window of service.
+func (c *Client) SetWindow(ctx context.Context, service string, w core.Window) error {
+	b, _ := json.Marshal(w)
+	if _, err := c.kv.Put(&api.KVPair{Key: c.key(service, "window"), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return c.unreachable("set the window of "+service, err)
+	}
+	return nil
+}
+
+// ClearWindow removes the deploy window of service (deploys any time).
+func (c *Client) ClearWindow(ctx context.Context, service string) error {
+	if _, err := c.kv.Delete(c.key(service, "window"), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return c.unreachable("clear the window of "+service, err)
+	}
+	return nil
+}
+
+// Window returns the deploy window of service, or nil (any time).
+func (c *Client) Window(ctx context.Context, service string) (*core.Window, error) {
+	p, _, err := c.kv.Get(c.key(service, "window"), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, c.unreachable("read the window of "+service, err)
+	}
+	if p == nil {
+		return nil, nil
+	}
+	var w core.Window
+	if err := json.Unmarshal(p.Value, &w); err != nil {
+		return nil, fmt.Errorf("signal: the window of %s is unreadable (%v); set it again with `shoal window`", service, err)
+	}
+	return &w, nil
+}
