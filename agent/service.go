@@ -33,14 +33,14 @@ type ServiceStatus struct {
 	// Desired is the previous build and Prefetched names the new one once
 	// it is fetched and unpacked here; Stage is the rollout stage of the
 	// release record handled (-1: none).
-	Desired    string `json:"desired,omitempty"`
-	Seq        int64  `json:"seq,omitempty"`
-	Stage      int    `json:"stage"`
-	Held       bool   `json:"held,omitempty"`
-	Prefetched string `json:"prefetched,omitempty"`
-	Current   string   `json:"current,omitempty"`
-	Previous  string   `json:"previous,omitempty"`
-	Installed []string `json:"installed,omitempty"`
+	Desired    string   `json:"desired,omitempty"`
+	Seq        int64    `json:"seq,omitempty"`
+	Stage      int      `json:"stage"`
+	Held       bool     `json:"held,omitempty"`
+	Prefetched string   `json:"prefetched,omitempty"`
+	Current    string   `json:"current,omitempty"`
+	Previous   string   `json:"previous,omitempty"`
+	Installed  []string `json:"installed,omitempty"`
 	// Fetch is the last transfer this service ran; nil if the last
 	// deploy needed none (the build was already on disk, as in a rollback).
 	Fetch *FetchStatus `json:"fetch,omitempty"`

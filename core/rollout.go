@@ -47,7 +47,7 @@ type RolloutParams struct {
 	Mean   float64 `json:"mean,omitempty"`
 	Std    float64 `json:"std,omitempty"`
 	Learnt bool    `json:"learnt,omitempty"`
-	Paused    bool     `json:"paused,omitempty"`
+	Paused bool    `json:"paused,omitempty"`
 }
 
 // ValidStage checks one stage selector.
