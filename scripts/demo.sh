@@ -50,8 +50,9 @@ say "starting $N hosts: a shoal agent and the sample app on each of 127.0.0.2-$(
 for i in $(seq 1 $N); do
   ip=127.0.0.$((i+1)); dir=$WORK/host-$i; mkdir -p "$dir"
   join=(); [ "$i" -gt 1 ] && join=(--join 127.0.0.2)
+  tags=(); [ "$i" = 2 ] && tags=(--tag canary)
   "$BIN/shoal" agent --node "host-$i" --data-dir "$dir" --bind "$ip" --gossip-profile local \
-    "${join[@]}" --service web --log-format json \
+    "${join[@]}" "${tags[@]}" --service web --log-format json \
     --gossip-key "@$WORK/gossip.key" --trusted-key "@$WORK/release.pub" \
     --drain "$BIN/demo-app --call drain --listen $ip:8080" \
     --activate "$BIN/demo-app --call resume --listen $ip:8080" \
@@ -60,7 +61,7 @@ for i in $(seq 1 $N); do
   PIDS+=($!)
   "$BIN/demo-app" --listen "$ip:8080" --root "$dir/services/web" >"$dir/app.log" 2>&1 &
   PIDS+=($!)
-  echo "  host-$i  agent API http://$ip:7070  app http://$ip:8080  data $dir"
+  echo "  host-$i  agent API http://$ip:7070  app http://$ip:8080  data $dir ${tags[*]}"
 done
 export SHOAL_API=127.0.0.2:7070
 for _ in $(seq 100); do
@@ -115,6 +116,23 @@ say "someone who can write Consul but has no signing key deploys a copy of v2's 
 "$BIN/shoal" deploy web evil --reason "demo: not signed by a trusted key"
 "$BIN/shoal" status web --wait 2>&1 | sed 's/^/  /' || true
 show_apps
+
+say "act two, the deploy commander: back to v1, then v3 rolled out in stages (host-2 is tagged canary)"
+"$BIN/shoal" rollback web --reason "demo: back to a good build"
+"$BIN/shoal" status web --wait >/dev/null
+make_build "$WORK/src-v3" v3
+"$BIN/shoal" publish --service web --build v3 "$WORK/src-v3"
+"$BIN/shoal" deploy web v3 --stages canary,50%,all --plan | sed 's/^/  /'
+"$BIN/shoal" deploy web v3 --stages canary,50%,all --bake 3s --interval 500ms --reason "demo: staged"
+show_apps
+
+say "v4 is broken (its health check fails): the canary fails it and the commander rolls the whole fleet back by itself"
+make_build "$WORK/src-v4" v4
+echo "this build fails its health check" > "$WORK/src-v4/BROKEN"
+"$BIN/shoal" publish --service web --build v4 "$WORK/src-v4"
+"$BIN/shoal" deploy web v4 --stages canary,50%,all --bake 3s --interval 500ms --reason "demo: a bad build" 2>&1 | sed 's/^/  /' || true
+show_apps
+"$BIN/shoal" history web | tail -8 | sed 's/^/  /'
 
 say "done: Shoal moved each build once from its origin and let the hosts feed each other"
 echo "  (agent logs are JSON lines in $WORK/host-*/agent.log; run with KEEP=1 to keep them)"

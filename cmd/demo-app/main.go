@@ -49,6 +49,10 @@ func main() {
 			http.Error(w, "no release live", http.StatusServiceUnavailable)
 			return
 		}
+		if _, err := os.Stat(filepath.Join(cur(), "BROKEN")); err == nil {
+			http.Error(w, "build "+build()+" is broken (it ships a BROKEN file)", http.StatusInternalServerError)
+			return
+		}
 		fmt.Fprintln(w, "ok", build())
 	})
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
