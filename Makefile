@@ -8,7 +8,7 @@ export CGO_ENABLED = 0
 RACE_TAGS := nosqlite,disable_libutp
 UNIT_PKGS := ./core/... ./signal/... ./swap/... ./swarm/... ./agent/... ./cli/... ./fleet/... ./bench/...
 
-.PHONY: all build consul test unit e2e vet demo bench clean fuzz faults
+.PHONY: all build consul test unit e2e vet demo bench clean fuzz faults bench-commander
 
 all: build
 
@@ -40,6 +40,11 @@ test: vet unit e2e
 faults: consul build
 	SHOAL_CRASH_ROUNDS=20 SHOAL_SOAK_DEPLOYS=100 $(GO) test -count=1 -timeout 60m -v \
 		-run 'TestKillAtEveryStep|TestSoakDeploys|TestKillFifthOfFleetMidFetch|TestOriginDiesMidFetch|TestConsulOutageAndDataLoss|TestDiskFullDuringFetch|TestScrubRepairsIdleCorruption|TestSupersededFetchIsLetGo' ./e2e/...
+
+# The commander's timings on a loopback fleet (one-shot vs staged, failed gate to rolled back).
+COMMANDER_HOSTS ?= 40
+bench-commander: consul build
+	SHOAL_COMMANDER_BENCH=$(COMMANDER_HOSTS) $(GO) test -count=1 -timeout 20m -v -run TestCommanderTimings ./e2e/
 
 # Each fuzz target for FUZZTIME (make test runs their seed corpora).
 FUZZTIME ?= 30s
