@@ -75,6 +75,11 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 	if err := core.ValidName("service", service); err != nil {
 		return err
 	}
+	if wantArgs == 2 {
+		if err := core.ValidName("build", pos[1]); err != nil {
+			return err
+		}
+	}
 	sig, err := c.client()
 	if err != nil {
 		return err
@@ -122,9 +127,6 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 		}
 	}
 	if !*resume && len(stageList) == 0 {
-		if err := core.ValidName("build", pos[1]); err != nil {
-			return err
-		}
 		r, err := sig.Deploy(ctx, service, pos[1], whoami(), *reason)
 		if err != nil {
 			return err
@@ -174,9 +176,6 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 		k.history(signal.HistoryEntry{Event: "resumed", Detail: *reason})
 		k.emit(event{Event: "resumed", Message: fmt.Sprintf("resuming the rollout of %s %s at stage %d/%d (%s)", service, r.Build, r.Rollout.Stage+1, len(r.Rollout.Stages), r.Rollout.Stages[r.Rollout.Stage])})
 	} else {
-		if err := core.ValidName("build", pos[1]); err != nil {
-			return err
-		}
 		k.p = core.RolloutParams{Bake: core.Duration(*bake), Interval: core.Duration(*interval), MaxFailed: *failedMax,
 			Check: *check, Metric: *metric, ZScore: *zscore, Baseline: *baseline}
 		if *hotfix {
