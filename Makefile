@@ -8,7 +8,7 @@ export CGO_ENABLED = 0
 RACE_TAGS := nosqlite,disable_libutp
 UNIT_PKGS := ./core/... ./signal/... ./swap/... ./swarm/... ./agent/... ./cli/... ./fleet/... ./bench/...
 
-.PHONY: all build consul test unit e2e vet demo bench clean fuzz faults bench-commander
+.PHONY: all build consul test unit e2e vet demo bench clean fuzz faults bench-commander bench-deps
 
 all: build
 
@@ -58,11 +58,18 @@ fuzz: consul
 demo: build consul
 	./scripts/demo.sh
 
-# The default sweep: N = 5,10,20,40, 100 MB, 10 MB/s up and down, 3 runs, p2p and origin.
+# The default sweep: N = 5,10,20,40, 100 MB, 10 MB/s up and down, 3 runs, p2p, origin and the
+# BitTorrent reference.
 # Kernel-shaped network namespaces when root (iproute2's ip and tc), else loopback.
 BENCH_NET ?= $(shell [ "$$(id -u)" = 0 ] && command -v tc >/dev/null && echo netns || echo loopback)
-bench: build consul
-	./bin/shoal bench --net $(BENCH_NET) --consul-bin bin/consul --out bench-out $(BENCH_ARGS)
+# The BitTorrent reference (--method bittorrent): aria2c, opentracker, mktorrent from Debian.
+bench-deps:
+	@missing=""; for t in aria2c opentracker mktorrent; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then echo "installing aria2 opentracker mktorrent (missing:$$missing)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y aria2 opentracker mktorrent >/dev/null; fi
+
+bench: build consul bench-deps
+	./bin/shoal bench --net $(BENCH_NET) --consul-bin bin/consul --out bench-out --method p2p,origin,bittorrent $(BENCH_ARGS)
 
 clean:
 	rm -rf bin bench-out .demo

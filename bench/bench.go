@@ -81,8 +81,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("bench: --net %q: use loopback or netns", c.Net))
 	}
 	for _, m := range c.Methods {
-		if m != "p2p" && m != "origin" {
-			errs = append(errs, fmt.Errorf("bench: method %q: use p2p or origin", m))
+		if m != "p2p" && m != "origin" && m != "bittorrent" {
+			errs = append(errs, fmt.Errorf("bench: method %q: use p2p, origin or bittorrent", m))
 		}
 	}
 	if c.Out == "" {
@@ -117,6 +117,13 @@ type Result struct {
 	// CPU is CPU seconds per agent during the run; RSS peak resident MiB per agent.
 	CPU    Summary `json:"cpu_s"`
 	RSSMiB Summary `json:"rss_mib"`
+	// Machine is the whole machine's CPU during the run (Consul, the
+	// kernel's packet work and the harness included); CPUPerGB is that per
+	// GB delivered (N copies); HostCPUPerGB the median fetching host's
+	// process CPU per GB it received.
+	Machine      MachineCPU `json:"machine_cpu"`
+	CPUPerGB     float64    `json:"cpu_s_per_gb"`
+	HostCPUPerGB float64    `json:"host_cpu_s_per_gb"`
 	// Bound is T* in seconds; Ratio is Verified.Max / Bound.
 	Bound  float64 `json:"bound_s"`
 	Ratio  float64 `json:"ratio"`
@@ -198,6 +205,9 @@ const service = "bench"
 
 // runFleet starts one fleet (origin + n agents) for a method and does every run on it.
 func runFleet(ctx context.Context, cfg Config, method string, n int, work, payload string) ([]Result, error) {
+	if method == "bittorrent" {
+		return runBitTorrent(ctx, cfg, n, work, payload)
+	}
 	fetch := agent.FetchSwarm
 	if method == "origin" {
 		fetch = agent.FetchOrigin
@@ -313,6 +323,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 		return res, fmt.Errorf("bench: publish: %w", err)
 	}
 	cpu0 := cpuSeconds(f)
+	m0 := readMachineCPU()
 	rel, err := sig.Deploy(ctx, service, build, "bench", "")
 	if err != nil {
 		return res, err
@@ -363,6 +374,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 		}
 	}
 	cpu1 := cpuSeconds(f)
+	m1 := readMachineCPU()
 	var signalT, verifiedT, activeT, cpu, rss []float64
 	for i, h := range hosts {
 		s := serviceOf(h)
@@ -404,6 +416,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	res.Signal, res.Verified, res.Active = Summarize(signalT), Summarize(verifiedT), Summarize(activeT)
 	res.HostVerified = verifiedT
 	res.CPU, res.RSSMiB = Summarize(cpu), Summarize(rss)
+	res.account(m1.sub(m0), cpu[1:])
 	res.OriginX = float64(res.OriginBytes) / float64(m.Size)
 	peerUp := make([]float64, n)
 	for i := range peerUp {
@@ -503,17 +516,7 @@ func serviceOf(h agent.FleetHost) *agent.ServiceStatus {
 func cpuSeconds(f *fleet.Fleet) []float64 {
 	out := make([]float64, len(f.Agents))
 	for i, a := range f.Agents {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.Pid()))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(fields) > 12 {
-			ut, _ := strconv.ParseFloat(fields[11], 64)
-			st, _ := strconv.ParseFloat(fields[12], 64)
-			out[i] = (ut + st) / 100 // USER_HZ
-		}
+		out[i] = procCPU(a.Pid())
 	}
 	return out
 }

@@ -17,12 +17,16 @@ import (
 // WriteTable prints one row per run.
 func WriteTable(w io.Writer, rs []Result) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "method\tN\trun\tverified p50\tp90\tp99\tmax\tactive max\tT*\tmax/T*\tsignal p99\torigin sent\tpeers sent\tCPU s/agent\tRSS MiB max\tfailed\t")
+	fmt.Fprintln(tw, "method\tN\trun\tverified p50\tp90\tp99\tmax\tactive max\tT*\tmax/T*\tsignal p99\torigin sent\tpeers sent\tCPU s/agent\tmachine CPU s\tCPU s/GB\thost CPU s/GB\tRSS MiB max\tfailed\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.3f\t%.2f×S\t%.2f×S\t%.1f\t%.0f\t%d\t\n",
+		if r.Error != "" && r.Verified.Max == 0 {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t\n", r.Method, r.N, r.Run, r.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.3f\t%.2f×S\t%.2f×S\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t%d\t\n",
 			r.Method, r.N, r.Run, r.Verified.P50, r.Verified.P90, r.Verified.P99, r.Verified.Max, r.Active.Max,
 			r.Bound, r.Ratio, r.Signal.P99, r.OriginX, float64(r.PeerBytes)/float64(max(r.Size, 1)),
-			r.CPU.P50, r.RSSMiB.Max, r.Failed)
+			r.CPU.P50, r.Machine.Total, r.CPUPerGB, r.HostCPUPerGB, r.RSSMiB.Max, r.Failed)
 	}
 	return tw.Flush()
 }

@@ -16,7 +16,9 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		"Measure fleet-wide pull time: for each method and fleet size N, start a real fleet (Consul dev\n"+
 			"agent, an origin agent and N agents), publish a random build from the origin, deploy it and\n"+
 			"time each host from the Consul write to a verified copy and to active. Compares Shoal's swarm\n"+
-			"(p2p) with every host pulling from the origin over HTTP (origin), against the fluid bound T*.\n"+
+			"(p2p) with every host pulling from the origin over HTTP (origin) and with a stock BitTorrent\n"+
+			"swarm (bittorrent: aria2c and opentracker, make bench-deps), against the fluid bound T*.\n"+
+			"Reports machine CPU per run and per GB delivered.\n"+
 			"Writes a table to stdout, results.jsonl and scaling.svg / cdf.svg to --out.")
 	hosts := listFlag{}
 	fs.Var(&hosts, "hosts", "fleet sizes to sweep, comma-separated (default 5,10,20,40)")
@@ -29,7 +31,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	netMode := fs.String("net", "loopback", "loopback (caps by Shoal's limiters) or netns (kernel-shaped namespaces; root)")
 	mtu := fs.Int("mtu", 1500, "link MTU in netns mode (9000: jumbo frames, as in most datacenter networks)")
 	methods := listFlag{}
-	fs.Var(&methods, "method", "p2p, origin or both (default p2p,origin)")
+	fs.Var(&methods, "method", "p2p, origin and/or bittorrent (aria2c + opentracker, the reference a user would pick instead; default p2p,origin)")
 	consulBin := fs.String("consul-bin", "bin/consul", "consul binary (built by make consul)")
 	shoalBin := fs.String("shoal-bin", "", "shoal binary for the agents (default: this one)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for one run")

@@ -54,19 +54,21 @@ func (x *Transfer) pieceGood(i int, buf []byte) bool {
 // being hashed, or only kept-back pieces remain.
 func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
 	x := s.transferOf(service, build)
-	if x == nil || x.checking.Load() {
-		return 0, false, ErrNotReady
+	if x == nil || x.checking.Load() || (!x.t.Complete().Bool() && x.badOnDisk.Load() == 0) {
+		return 0, false, ErrNotReady // still hashing its copy (a repair is not: it hands out the good pieces)
 	}
 	x.handMu.Lock()
 	defer x.handMu.Unlock()
 	if x.handBuf == nil {
 		x.handBuf = make([]byte, x.m.PieceLength)
 	}
+	tried := map[int]bool{} // a kept-back piece is re-checked once per call
 	for {
-		i := -1
+		i, again := -1, false
 		for k, p := range x.keptBack {
-			if x.t.PieceState(p).Complete {
-				i = p
+			if !tried[p] && x.t.PieceState(p).Complete {
+				tried[p] = true
+				i, again = p, true
 				x.keptBack = append(x.keptBack[:k], x.keptBack[k+1:]...)
 				break
 			}
@@ -82,9 +84,10 @@ func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
 				return 0, false, nil
 			}
 		}
-		good := false
+		complete, good := false, false
 		err := x.verify(func() error {
-			good = x.t.PieceState(i).Complete && x.pieceGood(i, x.handBuf)
+			complete = x.t.PieceState(i).Complete
+			good = complete && x.pieceGood(i, x.handBuf)
 			return nil
 		})
 		if err != nil {
@@ -94,9 +97,11 @@ func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
 			return i, true, nil
 		}
 		x.keptBack = append(x.keptBack, i)
-		x.badOnDisk.Add(1)
-		s.log.Error().Str("service", service).Str("build", build).Int("piece", i).
-			Msg("a piece of this origin's copy failed its hash before it was handed out; kept back and repaired")
+		if complete && !again { // found bad here (one kept back already is known bad, and being repaired)
+			x.badOnDisk.Add(1)
+			s.log.Error().Str("service", service).Str("build", build).Int("piece", i).
+				Msg("a piece of this origin's copy failed its hash before it was handed out; kept back and repaired")
+		}
 		s.heal(x)
 	}
 }

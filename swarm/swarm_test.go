@@ -1,10 +1,12 @@
 package swarm
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -279,5 +281,62 @@ func TestVerifyAfterDropDoesNotFreeze(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the engine stayed locked after verifying a dropped transfer")
+	}
+}
+
+// An origin whose copy went bad after publish checks each piece before it
+// hands it out: the bad one is kept back, repaired from the repair source
+// (the agent packs the publish directory again), and handed out later.
+func TestOriginKeepsBackAndRepairsBadPieces(t *testing.T) {
+	var data []byte
+	nodes := startSwarms(t, 1, 43, zerolog.Nop(), func(s *Swarm) {
+		s.SetRepairSource(func(*core.Manifest) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	})
+	origin := nodes[0]
+	m, d := publish(t, origin, 3<<20+99)
+	data = d
+	x, err := origin.Add(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(origin.ArchivePath("web", "v1"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xEE}, 100), m.PieceLength+10); err != nil { // piece 1
+		t.Fatal(err)
+	}
+	f.Close()
+	var order []int
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		i, ok, err := origin.NextSlicePiece("web", "v1")
+		if errors.Is(err, ErrNotReady) {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		order = append(order, i)
+	}
+	n := int((m.Size + m.PieceLength - 1) / m.PieceLength)
+	seen := map[int]bool{}
+	for _, i := range order {
+		seen[i] = true
+	}
+	if len(order) != n || len(seen) != n || order[1] == 1 {
+		t.Errorf("hand-out order %v: want every one of %d pieces once, piece 1 (damaged) not in its turn", order, n)
+	}
+	if got, _ := os.ReadFile(origin.ArchivePath("web", "v1")); !bytes.Equal(got, data) {
+		t.Error("the origin's copy was not repaired")
+	}
+	if s := origin.Seeds(); len(s) != 1 || s[0].BadOnDisk != 1 {
+		t.Errorf("seeds %+v: want one bad piece counted", s)
 	}
 }
