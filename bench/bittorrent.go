@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/anacrolix/torrent/metainfo"
+
 	"github.com/shoal-deploy/shoal/swarm"
 )
 
@@ -138,16 +140,32 @@ func btRun(ctx context.Context, cfg Config, n, run int, dir, payload, sum string
 		procs = append(procs, cmd)
 		return cmd, nil
 	}
-	tr, err := start(trackerWrap, filepath.Join(dir, "tracker.log"), "opentracker", "-i", trackerIP, "-p", "6969", "-P", "6969")
+	// Debian's opentracker serves only whitelisted torrents.
+	mi, err := metainfo.LoadFromFile(torrent)
 	if err != nil {
+		return res, fmt.Errorf("bench: read %s: %w", torrent, err)
+	}
+	white := filepath.Join(dir, "whitelist")
+	if err := os.WriteFile(white, []byte(mi.HashInfoBytes().HexString()+"\n"), 0o644); err != nil {
 		return res, err
 	}
-	_ = tr
+	// It chroots to -d and drops to nobody before reading the list: give
+	// the list inside that root.
+	if _, err := start(trackerWrap, filepath.Join(dir, "tracker.log"), "opentracker", "-i", trackerIP, "-p", "6969", "-P", "6969",
+		"-d", dir, "-w", "/"+filepath.Base(white)); err != nil {
+		return res, err
+	}
 	if err := waitTCP(ctx, net.JoinHostPort(trackerIP, "6969")); err != nil {
 		return res, fmt.Errorf("bench: opentracker: %w", err)
 	}
+	// aria2c keeps its control file while it seeds: completion is told by
+	// its download-complete hook, which stamps the time.
+	hook := filepath.Join(dir, "complete.sh")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\ndate +%s.%N > \"$3.done\"\n"), 0o755); err != nil {
+		return res, err
+	}
 	aria := func(i int, seed bool) []string {
-		a := []string{"aria2c", "--dir=" + hosts[i].dir, "--seed-ratio=0.0", "--seed-time=600", "--enable-dht=false", "--enable-dht6=false",
+		a := []string{"aria2c", "--on-bt-download-complete=" + hook, "--dir=" + hosts[i].dir, "--seed-ratio=0.0", "--seed-time=600", "--enable-dht=false", "--enable-dht6=false",
 			"--bt-enable-lpd=false", "--enable-peer-exchange=false", "--listen-port=" + strconv.Itoa(6881+i), "--file-allocation=none",
 			"--summary-interval=0", "--console-log-level=warn", "--bt-external-ip=" + ip(i), "--bt-tracker-interval=2",
 			"--follow-torrent=false", "--allow-overwrite=true", "--auto-file-renaming=false"}
@@ -193,8 +211,8 @@ func btRun(ctx context.Context, cfg Config, n, run int, dir, payload, sum string
 			if h.done > 0 {
 				continue
 			}
-			if complete(filepath.Join(h.dir, "payload.bin"), cfg.Size) {
-				h.done = time.Since(t0)
+			if at, ok := completedAt(filepath.Join(h.dir, "payload.bin")); ok {
+				h.done = max(at.Sub(t0), time.Millisecond)
 				left--
 			} else if h.cmd.ProcessState != nil {
 				return res, fmt.Errorf("bench: aria2c on host %d exited early; see %s", i, filepath.Join(h.dir, "aria2c.log"))
@@ -242,15 +260,20 @@ func btRun(ctx context.Context, cfg Config, n, run int, dir, payload, sum string
 	return res, nil
 }
 
-// complete: aria2c has the whole file and has dropped its control file
-// (it keeps one until every piece is verified).
-func complete(path string, size int64) bool {
-	fi, err := os.Stat(path)
-	if err != nil || fi.Size() != size {
-		return false
+// completedAt reads the time aria2c's download-complete hook stamped
+// (it runs once every piece is verified).
+func completedAt(path string) (time.Time, bool) {
+	b, err := os.ReadFile(path + ".done")
+	if err != nil {
+		return time.Time{}, false
 	}
-	_, err = os.Stat(path + ".aria2")
-	return os.IsNotExist(err)
+	sec, frac, _ := strings.Cut(strings.TrimSpace(string(b)), ".")
+	s, err1 := strconv.ParseInt(sec, 10, 64)
+	ns, err2 := strconv.ParseInt((frac + "000000000")[:9], 10, 64)
+	if err1 != nil || err2 != nil {
+		return time.Now(), true
+	}
+	return time.Unix(s, ns), true
 }
 
 func waitTCP(ctx context.Context, addr string) error {
