@@ -418,15 +418,20 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	res.CPU, res.RSSMiB = Summarize(cpu), Summarize(rss)
 	res.account(m1.sub(m0), cpu[1:])
 	res.OriginX = float64(res.OriginBytes) / float64(m.Size)
-	peerUp := make([]float64, n)
+	res.bound(cfg)
+	return res, nil
+}
+
+// bound sets T* for the run's N, size and caps, and the last host's ratio to it.
+func (r *Result) bound(cfg Config) {
+	peerUp := make([]float64, r.N)
 	for i := range peerUp {
 		peerUp[i] = float64(cfg.Up)
 	}
-	res.Bound = Bound(float64(m.Size), float64(cfg.Up), float64(cfg.Down), peerUp)
-	if res.Bound > 0 {
-		res.Ratio = res.Verified.Max / res.Bound
+	r.Bound = Bound(float64(r.Size), float64(cfg.Up), float64(cfg.Down), peerUp)
+	if r.Bound > 0 {
+		r.Ratio = r.Verified.Max / r.Bound
 	}
-	return res, nil
 }
 
 // quiesce lets the machine settle before a run: every host of the last run

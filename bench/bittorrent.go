@@ -249,14 +249,7 @@ func btRun(ctx context.Context, cfg Config, n, run int, dir, payload, sum string
 	res.Verified, res.Active, res.HostVerified = Summarize(verified), Summarize(verified), verified
 	res.CPU, res.RSSMiB = Summarize(cpu), Summarize(rss)
 	res.account(m1.sub(m0), cpu[1:])
-	peerUp := make([]float64, n)
-	for i := range peerUp {
-		peerUp[i] = float64(cfg.Up)
-	}
-	res.Bound = Bound(float64(cfg.Size), float64(cfg.Up), float64(cfg.Down), peerUp)
-	if res.Bound > 0 {
-		res.Ratio = res.Verified.Max / res.Bound
-	}
+	res.bound(cfg)
 	return res, nil
 }
 

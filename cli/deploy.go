@@ -271,26 +271,18 @@ func runRollback(ctx context.Context, env Env, args []string) error {
 	c.bind(fs)
 	reason := fs.String("reason", "", "why (recorded in the release)")
 	asJSON := fs.Bool("json", false, "print the release record as JSON")
-	pos, err := interleave(fs, args)
+	service, sig, err := serviceCommand(fs, &c, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errUsage
+	if cur, err := sig.Release(ctx, service); err == nil && cur.Rollout != nil {
+		fmt.Fprintf(env.Stderr, "aborting the rollout of %s %s at stage %d (%s); its commander stops\n", service, cur.Build, cur.Rollout.Stage+1, cur.Rollout.Stages[cur.Rollout.Stage])
 	}
-	sig, err := c.client()
+	r, err := sig.Rollback(ctx, service, whoami(), *reason)
 	if err != nil {
 		return err
 	}
-	if cur, err := sig.Release(ctx, pos[0]); err == nil && cur.Rollout != nil {
-		fmt.Fprintf(env.Stderr, "aborting the rollout of %s %s at stage %d (%s); its commander stops\n", pos[0], cur.Build, cur.Rollout.Stage+1, cur.Rollout.Stages[cur.Rollout.Stage])
-	}
-	r, err := sig.Rollback(ctx, pos[0], whoami(), *reason)
-	if err != nil {
-		return err
-	}
-	_ = sig.AppendHistory(ctx, pos[0], signal.HistoryEntry{By: whoami(), Event: "rollback", Build: r.Build, Seq: r.Seq, Outcome: "released", Detail: *reason}, signal.HistoryKeep)
+	_ = sig.AppendHistory(ctx, service, signal.HistoryEntry{By: whoami(), Event: "rollback", Build: r.Build, Seq: r.Seq, Outcome: "released", Detail: *reason}, signal.HistoryKeep)
 	return printRelease(env, r, *asJSON, "rolled back")
 }
 
@@ -299,25 +291,17 @@ func runBuilds(ctx context.Context, env Env, args []string) error {
 	var c consulFlags
 	c.bind(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := interleave(fs, args)
+	service, sig, err := serviceCommand(fs, &c, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	sig, err := c.client()
+	builds, err := sig.Builds(ctx, service)
 	if err != nil {
 		return err
 	}
-	builds, err := sig.Builds(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	rel, _ := sig.Release(ctx, pos[0])
+	rel, _ := sig.Release(ctx, service)
 	if *asJSON {
-		return printJSON(env.Stdout, map[string]any{"service": pos[0], "builds": builds, "release": rel})
+		return printJSON(env.Stdout, map[string]any{"service": service, "builds": builds, "release": rel})
 	}
 	for _, b := range builds {
 		mark := "  "
@@ -327,7 +311,7 @@ func runBuilds(ctx context.Context, env Env, args []string) error {
 		fmt.Fprintln(env.Stdout, mark+b)
 	}
 	if len(builds) == 0 {
-		fmt.Fprintf(env.Stdout, "no builds published for %s\n", pos[0])
+		fmt.Fprintf(env.Stdout, "no builds published for %s\n", service)
 	}
 	return nil
 }
@@ -352,23 +336,19 @@ func runLock(ctx context.Context, env Env, args []string) error {
 	var c consulFlags
 	c.bind(fs)
 	reason := fs.String("reason", "", "why (required; shown to whoever tries to deploy)")
-	pos, err := interleave(fs, args)
+	service, sig, err := serviceCommand(fs, &c, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 || *reason == "" {
+	if *reason == "" {
 		fs.Usage()
 		return errUsage
 	}
-	sig, err := c.client()
-	if err != nil {
+	if err := sig.Lock(ctx, service, whoami(), *reason); err != nil {
 		return err
 	}
-	if err := sig.Lock(ctx, pos[0], whoami(), *reason); err != nil {
-		return err
-	}
-	_ = sig.AppendHistory(ctx, pos[0], signal.HistoryEntry{By: whoami(), Event: "lock", Detail: *reason}, signal.HistoryKeep)
-	fmt.Fprintf(env.Stdout, "locked %s against deploys: %s\n", pos[0], *reason)
+	_ = sig.AppendHistory(ctx, service, signal.HistoryEntry{By: whoami(), Event: "lock", Detail: *reason}, signal.HistoryKeep)
+	fmt.Fprintf(env.Stdout, "locked %s against deploys: %s\n", service, *reason)
 	return nil
 }
 
@@ -376,23 +356,15 @@ func runUnlock(ctx context.Context, env Env, args []string) error {
 	fs := newFlags(env, "unlock", "SERVICE", "Lift the deploy lock of SERVICE.")
 	var c consulFlags
 	c.bind(fs)
-	pos, err := interleave(fs, args)
+	service, sig, err := serviceCommand(fs, &c, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	sig, err := c.client()
-	if err != nil {
+	if err := sig.Unlock(ctx, service); err != nil {
 		return err
 	}
-	if err := sig.Unlock(ctx, pos[0]); err != nil {
-		return err
-	}
-	_ = sig.AppendHistory(ctx, pos[0], signal.HistoryEntry{By: whoami(), Event: "unlock"}, signal.HistoryKeep)
-	fmt.Fprintf(env.Stdout, "unlocked %s\n", pos[0])
+	_ = sig.AppendHistory(ctx, service, signal.HistoryEntry{By: whoami(), Event: "unlock"}, signal.HistoryKeep)
+	fmt.Fprintf(env.Stdout, "unlocked %s\n", service)
 	return nil
 }
 
@@ -403,19 +375,11 @@ func runHistory(ctx context.Context, env Env, args []string) error {
 	var c consulFlags
 	c.bind(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := interleave(fs, args)
+	service, sig, err := serviceCommand(fs, &c, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	sig, err := c.client()
-	if err != nil {
-		return err
-	}
-	hs, err := sig.History(ctx, pos[0])
+	hs, err := sig.History(ctx, service)
 	if err != nil {
 		return err
 	}
@@ -423,7 +387,7 @@ func runHistory(ctx context.Context, env Env, args []string) error {
 		return printJSON(env.Stdout, hs)
 	}
 	if len(hs) == 0 {
-		fmt.Fprintf(env.Stdout, "no history for %s\n", pos[0])
+		fmt.Fprintf(env.Stdout, "no history for %s\n", service)
 	}
 	for _, h := range hs {
 		line := fmt.Sprintf("%s  %-11s %-8s", h.At.Local().Format("2006-01-02 15:04:05"), h.Event, dash(h.Build))
@@ -493,15 +457,7 @@ func runWindow(ctx context.Context, env Env, args []string) error {
 	hours := fs.String("hours", "", "local hours, e.g. 09:00-17:00 (22:00-02:00 spans midnight; default all day)")
 	tz := fs.String("tz", "UTC", "IANA time zone of --hours")
 	clear := fs.Bool("clear", false, "remove the window (deploy any time)")
-	pos, err := interleave(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	sig, err := c.client()
+	service, sig, err := serviceCommand(fs, &c, args)
 	if err != nil {
 		return err
 	}
@@ -509,31 +465,49 @@ func runWindow(ctx context.Context, env Env, args []string) error {
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "days" || f.Name == "hours" || f.Name == "tz" })
 	switch {
 	case *clear:
-		if err := sig.ClearWindow(ctx, pos[0]); err != nil {
+		if err := sig.ClearWindow(ctx, service); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.Stdout, "%s may be deployed any time\n", pos[0])
+		fmt.Fprintf(env.Stdout, "%s may be deployed any time\n", service)
 		return nil
 	case set:
 		w, err := core.ParseWindow(*days, *hours, *tz)
 		if err != nil {
 			return err
 		}
-		if err := sig.SetWindow(ctx, pos[0], w); err != nil {
+		if err := sig.SetWindow(ctx, service, w); err != nil {
 			return err
 		}
-		_ = sig.AppendHistory(ctx, pos[0], signal.HistoryEntry{By: whoami(), Event: "window", Detail: w.String()}, signal.HistoryKeep)
-		fmt.Fprintf(env.Stdout, "%s may be deployed %s\n", pos[0], w)
+		_ = sig.AppendHistory(ctx, service, signal.HistoryEntry{By: whoami(), Event: "window", Detail: w.String()}, signal.HistoryKeep)
+		fmt.Fprintf(env.Stdout, "%s may be deployed %s\n", service, w)
 		return nil
 	}
-	w, err := sig.Window(ctx, pos[0])
+	w, err := sig.Window(ctx, service)
 	if err != nil {
 		return err
 	}
 	if w == nil {
-		fmt.Fprintf(env.Stdout, "%s may be deployed any time\n", pos[0])
+		fmt.Fprintf(env.Stdout, "%s may be deployed any time\n", service)
 		return nil
 	}
-	fmt.Fprintf(env.Stdout, "%s may be deployed %s (open now: %v)\n", pos[0], w, w.Open(now(env)))
+	fmt.Fprintf(env.Stdout, "%s may be deployed %s (open now: %v)\n", service, w, w.Open(now(env)))
 	return nil
+}
+
+// serviceCommand parses the arguments of a command that takes one SERVICE
+// and talks to Consul (bind the consul flags to fs first).
+func serviceCommand(fs *flag.FlagSet, c *consulFlags, args []string) (string, *signal.Client, error) {
+	pos, err := interleave(fs, args)
+	if err != nil {
+		return "", nil, err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return "", nil, errUsage
+	}
+	if err := core.ValidName("service", pos[0]); err != nil {
+		return "", nil, err
+	}
+	sig, err := c.client()
+	return pos[0], sig, err
 }

@@ -26,20 +26,10 @@ func Pack(dir string, w io.Writer) (Stats, error) {
 	if !st.IsDir() {
 		return ps, fmt.Errorf("swap: pack: %s is not a directory", dir)
 	}
-	var paths []string
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != dir {
-			paths = append(paths, p)
-		}
-		return nil
-	})
+	paths, err := treePaths(dir)
 	if err != nil {
 		return ps, fmt.Errorf("swap: pack %s: %w", dir, err)
 	}
-	sort.Strings(paths)
 	tw := tar.NewWriter(w)
 	for _, p := range paths {
 		rel, _ := filepath.Rel(dir, p)
@@ -87,6 +77,23 @@ func Pack(dir string, w io.Writer) (Stats, error) {
 	}
 	ps.Entries = len(paths)
 	return ps, nil
+}
+
+// treePaths lists every path under dir (not dir itself), sorted: the order
+// Pack writes and TreeDigest hashes.
+func treePaths(dir string) ([]string, error) {
+	var paths []string
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	sort.Strings(paths)
+	return paths, err
 }
 
 // Sentinel errors of unpacking; check with errors.Is.

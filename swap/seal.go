@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -22,20 +21,10 @@ var ErrDamagedRelease = errors.New("installed release is damaged")
 // permission bits, size, symlink target and content, in sorted path order.
 // Times and owners are left out (unpacking sets them; they carry no code).
 func TreeDigest(dir string) (string, error) {
-	var paths []string
-	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != dir {
-			paths = append(paths, p)
-		}
-		return nil
-	})
+	paths, err := treePaths(dir)
 	if err != nil {
 		return "", fmt.Errorf("swap: digest %s: %w", dir, err)
 	}
-	sort.Strings(paths)
 	h := sha256.New()
 	for _, p := range paths {
 		fi, err := os.Lstat(p)
