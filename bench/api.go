@@ -2,6 +2,11 @@ package bench
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/shoal-deploy/shoal/agent"
@@ -16,4 +21,40 @@ func api(f *fleet.Fleet, a *fleet.Agent) *agent.Client {
 
 func fleetStatus(ctx context.Context, f *fleet.Fleet) ([]agent.FleetHost, error) {
 	return api(f, f.Agents[0]).Fleet(ctx)
+}
+
+// profile records a CPU profile of the median fetching host for
+// cfg.Profile, then its heap, into cfg.Out (needs the agents' --pprof).
+func profile(ctx context.Context, cfg Config, f *fleet.Fleet, method string, n, run int) error {
+	a := f.Agents[(n+1)/2]
+	name := fmt.Sprintf("profile-%s-n%d-r%d-%s", method, n, run, a.Spec.Node)
+	get := func(path, file string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.API+path, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+f.Secrets.Token())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		out, err := os.Create(filepath.Join(cfg.Out, file))
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, resp.Body)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	secs := max(1, int(cfg.Profile.Seconds()))
+	if err := get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), name+"-cpu.pb.gz"); err != nil {
+		return err
+	}
+	return get("/debug/pprof/heap", name+"-heap.pb.gz")
 }

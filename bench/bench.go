@@ -55,6 +55,10 @@ type Config struct {
 	Progress io.Writer
 	// Keep leaves the work directory (agent logs and data dirs) in place.
 	Keep bool
+	// Profile, if set, records a CPU profile of the median fetching host
+	// for this long from the Consul write, and its heap at the end of the
+	// run, into Out (p2p and origin runs).
+	Profile time.Duration
 }
 
 // Validate checks the config.
@@ -329,6 +333,12 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 		return res, err
 	}
 	t0 := rel.At
+	profiled := make(chan error, 1)
+	if cfg.Profile > 0 {
+		go func() { profiled <- profile(ctx, cfg, f, method, n, run) }()
+	} else {
+		profiled <- nil
+	}
 	deadline := time.Now().Add(cfg.Timeout)
 	var hosts []agent.FleetHost
 	lastLine := time.Time{}
@@ -375,6 +385,9 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	}
 	cpu1 := cpuSeconds(f)
 	m1 := readMachineCPU()
+	if err := <-profiled; err != nil {
+		cfg.progress("  [%s N=%d run %d] profile: %v", method, n, run, err)
+	}
 	var signalT, verifiedT, activeT, cpu, rss []float64
 	for i, h := range hosts {
 		s := serviceOf(h)

@@ -37,6 +37,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for one run")
 	cleanup := fs.Bool("cleanup", false, "only remove namespaces a killed bench left behind, then exit")
 	keep := fs.Bool("keep", false, "keep the work directory (agent logs and data dirs) for a post-mortem")
+	prof := fs.Duration("profile", 0, "record a CPU profile of the median host for this long from the deploy, and its heap, into --out (p2p, origin)")
 	report := fs.Bool("report", false, "run nothing: print the table and redraw the plots from --out/results.jsonl")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -63,7 +64,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		methods = listFlag{"p2p", "origin"}
 	}
 	cfg := bench.Config{Size: int64(size), Up: int64(up), Down: int64(down), Runs: *runs, Out: *out,
-		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr, Keep: *keep}
+		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr, Keep: *keep, Profile: *prof}
 	for _, h := range hosts {
 		n, err := strconv.Atoi(h)
 		if err != nil {
