@@ -158,11 +158,15 @@ type HostStatus struct {
 	BannedPeers []string `json:"banned_peers,omitempty"`
 	// BadPieces counts, per sender, pieces received here that failed their hash.
 	BadPieces []swarm.PeerCount `json:"bad_pieces,omitempty"`
+	// Counters of the swarm's work since start (messages received by
+	// type, requests sent, connections, peer offers), to see what grows
+	// with the fleet.
+	Counters map[string]int64 `json:"counters,omitempty"`
 }
 
 func (a *Agent) fullStatus() HostStatus {
 	return HostStatus{Status: a.Status(), Seeds: a.swarm.Seeds(), HTTPServed: a.origin.served.Load(), FetchMethod: a.cfg.Fetch,
-		TrustedKeys: a.keys.IDs(), Insecure: a.cfg.InsecureDev, BannedPeers: a.swarm.BannedPeers(), BadPieces: a.swarm.BadPieces()}
+		TrustedKeys: a.keys.IDs(), Insecure: a.cfg.InsecureDev, BannedPeers: a.swarm.BannedPeers(), BadPieces: a.swarm.BadPieces(), Counters: a.swarm.Counters()}
 }
 
 // FleetHost is one member's status, or why it could not be read.

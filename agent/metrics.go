@@ -37,6 +37,7 @@ var (
 	descBanned      = prometheus.NewDesc("shoal_banned_peers", "Peers banned for sending pieces that failed their hash check.", nil, nil)
 	descBadPieces   = prometheus.NewDesc("shoal_peer_bad_pieces_total", "Pieces received that failed their hash check, by sender.", []string{"peer"}, nil)
 	descStalled     = prometheus.NewDesc("shoal_fetch_stalled", "1 while a fetch makes no progress, by cause (no_peers, pieces_nobody_has, origin_gone, peers_silent, write_error).", []string{"service", "build", "cause"}, nil)
+	descEvents      = prometheus.NewDesc("shoal_swarm_events_total", "The swarm's work since start: peer messages received by type, requests sent, connections, peer offers.", []string{"event"}, nil)
 	descInsecure    = prometheus.NewDesc("shoal_insecure_dev", "1 if the agent runs in insecure dev mode (unsigned builds, plain gossip).", nil, nil)
 )
 
@@ -44,7 +45,7 @@ var (
 type statusCollector struct{ a *Agent }
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descState, descInfo, descFetched, descProgress, descUploaded, descTransitions, descBanned, descBadPieces, descStalled, descInsecure} {
+	for _, d := range []*prometheus.Desc{descMembers, descState, descInfo, descFetched, descProgress, descUploaded, descTransitions, descBanned, descBadPieces, descStalled, descEvents, descInsecure} {
 		ch <- d
 	}
 }
@@ -60,6 +61,9 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descMembers, float64(st.Members))
 	gauge(descBanned, float64(len(st.BannedPeers)))
 	gauge(descInsecure, map[bool]float64{true: 1}[st.Insecure])
+	for k, v := range st.Counters {
+		counter(descEvents, float64(v), k)
+	}
 	for _, b := range st.BadPieces {
 		counter(descBadPieces, float64(b.Count), b.Peer)
 	}

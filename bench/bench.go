@@ -128,6 +128,9 @@ type Result struct {
 	Machine      MachineCPU `json:"machine_cpu"`
 	CPUPerGB     float64    `json:"cpu_s_per_gb"`
 	HostCPUPerGB float64    `json:"host_cpu_s_per_gb"`
+	// Counters is the median fetching host's swarm counters for the run
+	// (messages received by type, requests sent, connections, offers).
+	Counters map[string]float64 `json:"counters,omitempty"`
 	// Bound is T* in seconds; Ratio is Verified.Max / Bound.
 	Bound  float64 `json:"bound_s"`
 	Ratio  float64 `json:"ratio"`
@@ -328,6 +331,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	}
 	cpu0 := cpuSeconds(f)
 	m0 := readMachineCPU()
+	before, _ := fleetStatus(ctx, f)
 	rel, err := sig.Deploy(ctx, service, build, "bench", "")
 	if err != nil {
 		return res, err
@@ -430,6 +434,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	res.HostVerified = verifiedT
 	res.CPU, res.RSSMiB = Summarize(cpu), Summarize(rss)
 	res.account(m1.sub(m0), cpu[1:])
+	res.Counters = medianCounters(before, hosts)
 	res.OriginX = float64(res.OriginBytes) / float64(m.Size)
 	res.bound(cfg)
 	return res, nil
@@ -552,4 +557,29 @@ func peakRSSMiB(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+// medianCounters is, per counter, the median over fetching hosts of what
+// it grew by between two fleet snapshots.
+func medianCounters(before, after []agent.FleetHost) map[string]float64 {
+	was := map[string]map[string]int64{}
+	for _, h := range before {
+		if h.Status != nil {
+			was[h.Member.Name] = h.Status.Counters
+		}
+	}
+	per := map[string][]float64{}
+	for i, h := range after {
+		if i == 0 || h.Status == nil {
+			continue // the origin
+		}
+		for k, v := range h.Status.Counters {
+			per[k] = append(per[k], float64(v-was[h.Member.Name][k]))
+		}
+	}
+	out := map[string]float64{}
+	for k, xs := range per {
+		out[k] = Percentile(xs, 50)
+	}
+	return out
 }

@@ -201,6 +201,9 @@ func (x *Transfer) repairFromSource() (int, error) {
 // from a good copy; both close the connection). The callback runs under
 // the engine's lock, which Peer.Stats takes: read it afterwards.
 func (s *Swarm) onPeerClosed(p *torrent.Peer) {
+	if _, ok := p.TryAsPeerConn(); ok {
+		s.count.closed.Add(1)
+	}
 	if p.Torrent() == nil {
 		return // closed before its handshake named a torrent: it sent nothing (and Stats would dereference nil)
 	}
