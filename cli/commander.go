@@ -96,9 +96,22 @@ func (k *commander) history(e signal.HistoryEntry) {
 func (k *commander) drive(ctx context.Context, lock *signal.CommanderLock) error {
 	ro := k.rel.Rollout
 	for {
-		ok, err := k.runStage(ctx, lock)
-		if err != nil || !ok {
-			return err
+		if handGo := k.p.Step && ro.Params.Waiting == ro.Stage+1; !handGo {
+			ok, err := k.runStage(ctx, lock)
+			if err != nil || !ok {
+				return err
+			}
+			if k.p.Step && ro.Stage < len(ro.Stages)-1 {
+				r, err := k.sig.UpdateParams(ctx, k.service, ro.ID, func(p *core.RolloutParams) { p.Waiting = ro.Stage + 1 })
+				if err != nil {
+					return k.aborted(err)
+				}
+				k.rel = r
+				k.history(signal.HistoryEntry{Event: "baked", Outcome: "waiting"})
+				k.emit(event{Event: "waiting", Message: fmt.Sprintf("stage %d/%d (%s) baked; `shoal deploy --resume %s` promotes it to stage %d (%s)",
+					ro.Stage+1, len(ro.Stages), ro.Stages[ro.Stage], k.service, ro.Stage+2, ro.Stages[ro.Stage+1])})
+				return nil
+			}
 		}
 		if ro.Stage == len(ro.Stages)-1 {
 			break

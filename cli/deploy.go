@@ -45,6 +45,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 	asJSON := fs.Bool("json", false, "print the release record as JSON; with --stages, one JSON event per line")
 	stages := fs.String("stages", "", "comma-separated stages, e.g. staging,canary,10%,50%,all")
 	bake := fs.Duration("bake", 2*time.Minute, "how long each stage must stay healthy before promotion")
+	step := fs.Bool("step", false, "advance by hand: after each stage bakes, stop; `shoal deploy --resume SERVICE` promotes to the next")
 	hotfix := fs.Bool("hotfix", false, "bake each stage for "+hotfixBake.String()+" only (the gates still run)")
 	interval := fs.Duration("interval", 5*time.Second, "how often hosts and gates are checked")
 	check := fs.String("check", "", "gate: shell command run every interval (exit 0 = healthy; $SHOAL_STAGE, $SHOAL_BUILD set)")
@@ -171,13 +172,15 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 				k.p.Check = *check
 			case "max-failed":
 				k.p.MaxFailed = *failedMax
+			case "step":
+				k.p.Step = *step
 			}
 		})
 		k.history(signal.HistoryEntry{Event: "resumed", Detail: *reason})
 		k.emit(event{Event: "resumed", Message: fmt.Sprintf("resuming the rollout of %s %s at stage %d/%d (%s)", service, r.Build, r.Rollout.Stage+1, len(r.Rollout.Stages), r.Rollout.Stages[r.Rollout.Stage])})
 	} else {
 		k.p = core.RolloutParams{Bake: core.Duration(*bake), Interval: core.Duration(*interval), MaxFailed: *failedMax,
-			Check: *check, Metric: *metric, ZScore: *zscore, Baseline: *baseline}
+			Check: *check, Metric: *metric, ZScore: *zscore, Baseline: *baseline, Step: *step}
 		if *hotfix {
 			k.p.Bake = core.Duration(hotfixBake)
 		}

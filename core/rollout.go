@@ -48,6 +48,11 @@ type RolloutParams struct {
 	Std    float64 `json:"std,omitempty"`
 	Learnt bool    `json:"learnt,omitempty"`
 	Paused bool    `json:"paused,omitempty"`
+	// Step waits for a hand after each stage bakes: the commander records
+	// the baked stage in Waiting (its index + 1) and exits; `shoal deploy
+	// --resume` promotes.
+	Step    bool `json:"step,omitempty"`
+	Waiting int  `json:"waiting,omitempty"`
 }
 
 // ValidStage checks one stage selector.

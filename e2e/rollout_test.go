@@ -242,7 +242,7 @@ func TestCommanderLockResumeAndServiceLock(t *testing.T) {
 	_ = first.Wait()
 	// A host the rollout has not reached, restarted mid-rollout, comes
 	// back on v1 with v2 prefetched, without fetching again.
-	held := f.Agents[0]
+	held := f.Agents[2] // not the first agent: the others join through it, and it joins no one
 	s := waitHost(t, f, held, time.Minute, "v2 prefetched", func(s agent.ServiceStatus) bool {
 		return s.Held && s.Prefetched == "v2" && s.State == core.StateActive
 	})
@@ -305,3 +305,32 @@ func TestCommanderLockResumeAndServiceLock(t *testing.T) {
 }
 
 func nopLog() zerolog.Logger { return zerolog.Nop() }
+
+// --step: after each stage bakes the commander stops and says how to go
+// on; `--resume` promotes.
+func TestCommanderStep(t *testing.T) {
+	f := startFleet(t, 3, 62, rolloutTags)
+	deployV1(t, f, 256<<10)
+	src := filepath.Join(t.TempDir(), "v2")
+	makeTree(t, src, 512<<10, "v2")
+	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	out := shoal(t, f, "deploy", "web", "v2", "--stages", "canary,all", "--step", "--bake", "1s", "--interval", "200ms")
+	if !strings.Contains(out, "stage 1/2 (canary) baked; `shoal deploy --resume web` promotes it to stage 2 (all)") {
+		t.Fatalf("the commander did not stop after the first stage:\n%s", out)
+	}
+	r := releaseOf(t, f)
+	if r.Rollout == nil || r.Rollout.Stage != 0 || r.Rollout.Params.Waiting != 1 {
+		t.Fatalf("release after the first stage: %+v", r.Rollout)
+	}
+	for i, a := range f.Agents {
+		s := hostStatus(t, f, a)
+		if want := map[bool]string{true: "v2", false: "v1"}[i == 1]; s.Current != want {
+			t.Errorf("%s runs %s while waiting at the canary stage, want %s", a.Spec.Node, s.Current, want)
+		}
+	}
+	shoal(t, f, "deploy", "--resume", "web")
+	allActive(t, f, "v2", src)
+	if r := releaseOf(t, f); r.Rollout != nil {
+		t.Errorf("the rollout did not finish: %+v", r.Rollout)
+	}
+}

@@ -149,13 +149,18 @@ func (c *Client) Promote(ctx context.Context, service, id string, stage int) (*c
 // SetPaused records whether rollout id is paused (a commander resumed
 // later keeps it so until told otherwise).
 func (c *Client) SetPaused(ctx context.Context, service, id string, paused bool) (*core.Release, error) {
+	return c.UpdateParams(ctx, service, id, func(p *core.RolloutParams) { p.Paused = paused })
+}
+
+// UpdateParams changes the commander's settings recorded in rollout id.
+func (c *Client) UpdateParams(ctx context.Context, service, id string, change func(*core.RolloutParams)) (*core.Release, error) {
 	return c.swapRelease(ctx, service, func(cur *core.Release) (*core.Release, error) {
 		if cur == nil || cur.Rollout == nil || cur.Rollout.ID != id {
-			return nil, fmt.Errorf("signal: pause %s: %w", service, ErrRolloutChanged)
+			return nil, fmt.Errorf("signal: update the rollout of %s: %w", service, ErrRolloutChanged)
 		}
 		next := *cur
 		ro := *cur.Rollout
-		ro.Params.Paused = paused
+		change(&ro.Params)
 		next.Rollout = &ro
 		return &next, nil
 	})
