@@ -27,11 +27,7 @@ func TestCommanderTimings(t *testing.T) {
 		return []string{"--service", "web"}
 	})
 	deployV1(t, f, 1<<20)
-	build := func(name string) {
-		src := filepath.Join(t.TempDir(), name)
-		makeTree(t, src, 16<<20, name)
-		shoal(t, f, "publish", "--service", "web", "--build", name, src)
-	}
+	build := func(name string) { publishBuild(t, f, name, 16<<20) }
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 

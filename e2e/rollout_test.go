@@ -83,9 +83,7 @@ func commanderCmd(f *fleet.Fleet, args ...string) *exec.Cmd {
 func TestStagedRollout(t *testing.T) {
 	f := startFleet(t, 8, 56, rolloutTags)
 	deployV1(t, f, 256<<10)
-	src := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src, 4<<20, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	src := publishBuild(t, f, "v2", 4<<20)
 	stages := []string{"canary", "zone=b", "50%", "all"}
 	want := expectedStage(f, stages)
 	plan := shoal(t, f, "deploy", "web", "v2", "--stages", strings.Join(stages, ","), "--plan")
@@ -184,9 +182,7 @@ finished:
 func TestRolloutGateRollsBack(t *testing.T) {
 	f := startFleet(t, 4, 57, rolloutTags)
 	src1 := deployV1(t, f, 256<<10)
-	src := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src, 1<<20, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	publishBuild(t, f, "v2", 1<<20)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, err := f.Shoal(ctx, "deploy", "web", "v2", "--stages", "canary,all", "--bake", "2s", "--interval", "300ms",
@@ -218,9 +214,7 @@ func TestRolloutGateRollsBack(t *testing.T) {
 func TestCommanderLockResumeAndServiceLock(t *testing.T) {
 	f := startFleet(t, 3, 58, rolloutTags)
 	deployV1(t, f, 256<<10)
-	src := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src, 512<<10, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	src := publishBuild(t, f, "v2", 512<<10)
 	first := commanderCmd(f, "web", "v2", "--stages", "canary,all", "--bake", "1h", "--interval", "300ms")
 	if err := first.Start(); err != nil {
 		t.Fatal(err)
@@ -311,9 +305,7 @@ func nopLog() zerolog.Logger { return zerolog.Nop() }
 func TestCommanderStep(t *testing.T) {
 	f := startFleet(t, 3, 62, rolloutTags)
 	deployV1(t, f, 256<<10)
-	src := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src, 512<<10, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	src := publishBuild(t, f, "v2", 512<<10)
 	out := shoal(t, f, "deploy", "web", "v2", "--stages", "canary,all", "--step", "--bake", "1s", "--interval", "200ms")
 	if !strings.Contains(out, "stage 1/2 (canary) baked; `shoal deploy --resume web` promotes it to stage 2 (all)") {
 		t.Fatalf("the commander did not stop after the first stage:\n%s", out)
@@ -333,4 +325,14 @@ func TestCommanderStep(t *testing.T) {
 	if r := releaseOf(t, f); r.Rollout != nil {
 		t.Errorf("the rollout did not finish: %+v", r.Rollout)
 	}
+}
+
+// publishBuild makes a tree of about size bytes and publishes it as
+// web/<build>; it returns the tree.
+func publishBuild(t *testing.T, f *fleet.Fleet, build string, size int) string {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), build)
+	makeTree(t, src, size, build)
+	shoal(t, f, "publish", "--service", "web", "--build", build, src)
+	return src
 }
