@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"context"
 	"crypto/sha1"
 	"fmt"
 	"io"
@@ -33,18 +34,22 @@ type RepairSource func(m *core.Manifest) (io.ReadCloser, error)
 // SetRepairSource installs the origin's repair source. Call before adding transfers.
 func (s *Swarm) SetRepairSource(f RepairSource) { s.repairSrc = f }
 
+// pieceMatches reports whether data is piece i, by its hash.
+func (x *Transfer) pieceMatches(i int, data []byte) bool {
+	h := x.t.Info().Piece(i).V1Hash()
+	return h.Ok && sha1.Sum(data) == h.Value
+}
+
 // pieceGood hashes piece i as stored here. A piece that fails is handed
-// to the engine to re-check, which marks it missing. Call inside x.verify.
-func (x *Transfer) pieceGood(i int, buf []byte) bool {
-	p := x.t.Info().Piece(i)
-	h := p.V1Hash()
-	n := int(p.Length())
+// to the engine to re-check, which marks it missing (the error is that
+// re-check's). Call inside x.verify.
+func (x *Transfer) pieceGood(ctx context.Context, i int, buf []byte) (bool, error) {
+	n := int(x.t.Info().Piece(i).Length())
 	got, err := x.t.Piece(i).Storage().ReadAt(buf[:n], 0)
-	if h.Ok && err == nil && got == n && sha1.Sum(buf[:n]) == h.Value {
-		return true
+	if err == nil && got == n && x.pieceMatches(i, buf[:n]) {
+		return true, nil
 	}
-	_ = x.t.Piece(i).VerifyDataContext(x.s.ctx)
-	return false
+	return false, x.t.Piece(i).VerifyDataContext(ctx)
 }
 
 // NextSlicePiece hands the next piece of a build to a host fetching it
@@ -87,7 +92,9 @@ func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
 		complete, good := false, false
 		err := x.verify(func() error {
 			complete = x.t.PieceState(i).Complete
-			good = complete && x.pieceGood(i, x.handBuf)
+			if complete {
+				good, _ = x.pieceGood(s.ctx, i, x.handBuf) // a failed re-check leaves it kept back
+			}
 			return nil
 		})
 		if err != nil {
@@ -161,18 +168,16 @@ func (x *Transfer) repairFromSource() (int, error) {
 	defer rc.Close()
 	fixed, differ := 0, 0
 	err = x.verify(func() error {
-		info := x.t.Info()
 		buf := make([]byte, x.m.PieceLength)
 		for i := 0; i < x.t.NumPieces(); i++ {
-			p := info.Piece(i)
-			n := int(p.Length())
+			n := int(x.t.Info().Piece(i).Length())
 			if _, err := io.ReadFull(rc, buf[:n]); err != nil {
 				return fmt.Errorf("the publish directory now packs to fewer bytes than the build (%v)", err)
 			}
 			if x.t.PieceState(i).Complete {
 				continue
 			}
-			if h := p.V1Hash(); !h.Ok || sha1.Sum(buf[:n]) != h.Value {
+			if !x.pieceMatches(i, buf[:n]) {
 				differ++
 				continue
 			}

@@ -3,7 +3,6 @@ package swarm
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -211,7 +210,6 @@ func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error
 func (x *Transfer) reverify(ctx context.Context) (int, error) {
 	bad := 0
 	err := x.verify(func() error {
-		info := x.t.Info()
 		buf := make([]byte, x.m.PieceLength)
 		for i := 0; i < x.t.NumPieces(); i++ {
 			if ctx.Err() != nil {
@@ -220,16 +218,11 @@ func (x *Transfer) reverify(ctx context.Context) (int, error) {
 			if !x.t.PieceState(i).Complete {
 				continue
 			}
-			p := info.Piece(i)
-			h := p.V1Hash()
-			want, ok := h.Value, h.Ok
-			n := int(p.Length())
-			got, rerr := x.t.Piece(i).Storage().ReadAt(buf[:n], 0)
-			if ok && rerr == nil && got == n && sha1.Sum(buf[:n]) == want {
-				continue
+			good, err := x.pieceGood(ctx, i, buf)
+			if !good {
+				bad++
 			}
-			bad++
-			if err := x.t.Piece(i).VerifyDataContext(ctx); err != nil {
+			if err != nil {
 				return err
 			}
 		}
