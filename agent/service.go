@@ -281,27 +281,25 @@ var (
 // retried; errSuperseded means a newer release arrived; anything else (or
 // nil) ends the handling of r.
 func (s *service) apply(ctx context.Context, r *core.Release) error {
-	stage := -1
+	stage, desired := -1, r.Build
+	// A staged rollout that has not reached this host: it runs the
+	// previous build (a host new to the fleet gets it first) and has the
+	// new one fetched and unpacked beside it, to switch with no transfer
+	// when its stage comes.
+	held := r.Rollout != nil && r.Previous != "" && !r.Rollout.Selected(s.name, s.a.cfg.Swarm.Node, s.a.cfg.Tags)
 	if r.Rollout != nil {
 		stage = r.Rollout.Stage
 	}
-	if r.Rollout != nil && r.Previous != "" && !r.Rollout.Selected(s.name, s.a.cfg.Swarm.Node, s.a.cfg.Tags) {
-		// A staged rollout has not reached this host: it runs the
-		// previous build (a host new to the fleet gets it first) and has
-		// the new one fetched and unpacked beside it, to switch with no
-		// transfer when its stage comes.
-		s.update(func(st *ServiceStatus) {
-			st.Desired, st.Seq, st.Stage, st.Held, st.Prefetched = r.Previous, r.Seq, stage, true, ""
-		})
-		if err := s.deploy(ctx, r, r.Previous, false); err != nil {
-			return err
-		}
-		return s.deploy(ctx, r, r.Build, true)
+	if held {
+		desired = r.Previous
 	}
 	s.update(func(st *ServiceStatus) {
-		st.Desired, st.Seq, st.Stage, st.Held, st.Prefetched = r.Build, r.Seq, stage, false, ""
+		st.Desired, st.Seq, st.Stage, st.Held, st.Prefetched = desired, r.Seq, stage, held, ""
 	})
-	return s.deploy(ctx, r, r.Build, false)
+	if err := s.deploy(ctx, r, desired, false); err != nil || !held {
+		return err
+	}
+	return s.deploy(ctx, r, r.Build, true)
 }
 
 // deploy makes build live, or with prefetch only fetches and unpacks it
@@ -398,15 +396,15 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 		s.to(core.StateReady, build, "")
 		fetched = true
 	}
-	if !fetched && !prefetch {
-		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
-	}
 	if prefetch {
 		s.update(func(st *ServiceStatus) { st.Prefetched, st.LastError, st.LastErrorAt = build, "", nil })
 		if cur := s.store.Current(); cur != "" && s.snapshot().State != core.StateActive {
 			s.to(core.StateActive, cur, "prefetched "+build)
 		}
 		return nil
+	}
+	if !fetched {
+		s.update(func(st *ServiceStatus) { st.Fetch = nil; s.x = nil })
 	}
 	s.to(core.StateDraining, build, "")
 	err = s.store.Activate(ctx, s.name, build, s.cfg.Hooks, s.onPhase(build))
@@ -726,7 +724,7 @@ func (s *service) uninstalled() []candidate {
 
 // watermarks reads the disk watermarks (bytes) and the free space now.
 func (s *service) watermarks() (low, high, free int64, err error) {
-	total, err := swap.TotalBytes(s.a.cfg.DataDir)
+	free, total, err := swap.Space(s.a.cfg.DataDir)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -736,8 +734,7 @@ func (s *service) watermarks() (low, high, free int64, err error) {
 	if high, err = core.ParseFree(s.a.cfg.DiskHigh, total); err != nil {
 		return 0, 0, 0, err
 	}
-	free, err = swap.FreeBytes(s.a.cfg.DataDir)
-	return low, max(high, low), free, err
+	return low, max(high, low), free, nil
 }
 
 // makeRoom frees at least need bytes if it can, oldest first: builds

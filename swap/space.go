@@ -9,22 +9,20 @@ import (
 // ErrNoSpace: the file system has less free space than a step needs.
 var ErrNoSpace = errors.New("not enough free disk space")
 
-// FreeBytes is the space available to this process on dir's file system.
-func FreeBytes(dir string) (int64, error) {
+// Space is the free bytes (available to unprivileged writers) and the
+// total size of dir's file system.
+func Space(dir string) (free, total int64, err error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("swap: free space of %s: %w", dir, err)
+		return 0, 0, fmt.Errorf("swap: free space of %s: %w", dir, err)
 	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
+	return int64(st.Bavail) * int64(st.Bsize), int64(st.Blocks) * int64(st.Bsize), nil
 }
 
-// TotalBytes is the size of dir's file system.
-func TotalBytes(dir string) (int64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("swap: size of %s: %w", dir, err)
-	}
-	return int64(st.Blocks) * int64(st.Bsize), nil
+// FreeBytes is the space available on dir's file system.
+func FreeBytes(dir string) (int64, error) {
+	free, _, err := Space(dir)
+	return free, err
 }
 
 // CheckFree returns ErrNoSpace, saying what needs how much, unless dir's
