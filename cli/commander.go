@@ -69,7 +69,7 @@ func (k *commander) emit(e event) {
 	e.At, e.Service, e.Build = time.Now().UTC(), k.service, k.rel.Build
 	if ro := k.rel.Rollout; ro != nil {
 		e.StageNo, e.Stages = ro.Stage+1, len(ro.Stages)
-		e.Stage = ro.Stages[ro.Stage]
+		e.Stage = ro.StageName()
 	}
 	if k.asJSON {
 		b, _ := json.Marshal(e)
@@ -84,7 +84,7 @@ func (k *commander) history(e signal.HistoryEntry) {
 	if ro := k.rel.Rollout; ro != nil {
 		e.Rollout = ro.ID
 		if e.Stage == "" {
-			e.Stage = ro.Stages[ro.Stage]
+			e.Stage = ro.StageName()
 		}
 	}
 	if err := k.sig.AppendHistory(context.Background(), k.service, e, k.keep); err != nil {
@@ -108,8 +108,8 @@ func (k *commander) drive(ctx context.Context, lock *signal.CommanderLock) error
 				}
 				k.rel = r
 				k.history(signal.HistoryEntry{Event: "baked", Outcome: "waiting"})
-				k.emit(event{Event: "waiting", Message: fmt.Sprintf("stage %d/%d (%s) baked; `shoal deploy --resume %s` promotes it to stage %d (%s)",
-					ro.Stage+1, len(ro.Stages), ro.Stages[ro.Stage], k.service, ro.Stage+2, ro.Stages[ro.Stage+1])})
+				k.emit(event{Event: "waiting", Message: fmt.Sprintf("%s baked; `shoal deploy --resume %s` promotes it to stage %d (%s)",
+					ro.Where(), k.service, ro.Stage+2, ro.Stages[ro.Stage+1])})
 				return nil
 			}
 		}
@@ -122,7 +122,7 @@ func (k *commander) drive(ctx context.Context, lock *signal.CommanderLock) error
 		}
 		k.rel, ro = next, next.Rollout
 		k.history(signal.HistoryEntry{Event: "promote", Outcome: "ok"})
-		k.emit(event{Event: "promote", Message: fmt.Sprintf("promoted %s %s to stage %d/%d (%s)", k.service, k.rel.Build, ro.Stage+1, len(ro.Stages), ro.Stages[ro.Stage])})
+		k.emit(event{Event: "promote", Message: fmt.Sprintf("promoted %s %s to %s", k.service, k.rel.Build, ro.Where())})
 	}
 	done, err := k.sig.FinishRollout(ctx, k.service, ro.ID)
 	if err != nil {
@@ -155,7 +155,7 @@ func (k *commander) runStage(ctx context.Context, lock *signal.CommanderLock) (b
 			return false, k.aborted(fmt.Errorf("release #%d is now %s by %s (%s)", cur.Seq, cur.Build, cur.By, describe(cur)))
 		case cur.Rollout.Params.Paused:
 			k.history(signal.HistoryEntry{Event: "paused"})
-			k.emit(event{Event: "paused", Message: fmt.Sprintf("rollout paused at stage %d (%s); `shoal deploy --resume %s` drives it on", ro.Stage+1, ro.Stages[ro.Stage], k.service)})
+			k.emit(event{Event: "paused", Message: fmt.Sprintf("rollout paused at %s; `shoal deploy --resume %s` drives it on", ro.Where(), k.service)})
 			return false, nil
 		}
 		rows, err := fleetRows(ctx, k.api, k.service)
@@ -193,8 +193,8 @@ func (k *commander) runStage(ctx context.Context, lock *signal.CommanderLock) (b
 					}
 				}
 			}
-			msg := fmt.Sprintf("stage %d/%d (%s): %d/%d hosts of the stage active on %s, %d/%d others on %s with %s prefetched",
-				ro.Stage+1, len(ro.Stages), ro.Stages[ro.Stage], st.activeInStage, st.inStage, k.rel.Build, st.prefetched, st.held, k.rel.Previous, k.rel.Build)
+			msg := fmt.Sprintf("%s: %d/%d hosts of the stage active on %s, %d/%d others on %s with %s prefetched",
+				ro.Where(), st.activeInStage, st.inStage, k.rel.Build, st.prefetched, st.held, k.rel.Previous, k.rel.Build)
 			if st.down+st.pending > 0 {
 				msg += fmt.Sprintf("; waiting for %d (%s)", st.down+st.pending, strings.Join(st.waiting, ", "))
 			}
@@ -220,7 +220,7 @@ func (k *commander) runStage(ctx context.Context, lock *signal.CommanderLock) (b
 		}
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("interrupted at stage %d (%s); the rollout holds there: `shoal deploy --resume %s`", ro.Stage+1, ro.Stages[ro.Stage], k.service)
+			return false, fmt.Errorf("interrupted at %s; the rollout holds there: `shoal deploy --resume %s`", ro.Where(), k.service)
 		case <-lock.Lost:
 			return false, fmt.Errorf("lost the commander lock (Consul unreachable?); the rollout holds at stage %d: `shoal deploy --resume %s`", ro.Stage+1, k.service)
 		case <-tick.C:
@@ -233,7 +233,7 @@ func (k *commander) runStage(ctx context.Context, lock *signal.CommanderLock) (b
 // one-line error the command exits with.
 func (k *commander) rollBack(ctx context.Context, gate, value, limit, detail string) error {
 	ro := k.rel.Rollout
-	line := fmt.Sprintf("gate %s failed at stage %d/%d (%s) of %s %s: %s (limit %s)", gate, ro.Stage+1, len(ro.Stages), ro.Stages[ro.Stage], k.service, k.rel.Build, value, limit)
+	line := fmt.Sprintf("gate %s failed at %s of %s %s: %s (limit %s)", gate, ro.Where(), k.service, k.rel.Build, value, limit)
 	if detail != "" {
 		line += ": " + detail
 	}
@@ -351,7 +351,7 @@ func runCheck(ctx context.Context, cmd string, timeout time.Duration, rel *core.
 	defer cancel()
 	c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
 	c.Env = append(os.Environ(), "SHOAL_SERVICE="+rel.Service, "SHOAL_BUILD="+rel.Build, "SHOAL_PREVIOUS="+rel.Previous,
-		"SHOAL_STAGE="+ro.Stages[ro.Stage], "SHOAL_STAGE_NO="+strconv.Itoa(ro.Stage+1))
+		"SHOAL_STAGE="+ro.StageName(), "SHOAL_STAGE_NO="+strconv.Itoa(ro.Stage+1))
 	out, err := c.CombinedOutput()
 	if len(out) > 300 {
 		out = out[len(out)-300:]

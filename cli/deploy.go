@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -97,9 +98,9 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 			return err
 		}
 		_ = sig.AppendHistory(ctx, service, signal.HistoryEntry{By: whoami(), Event: "paused", Build: r.Build, Seq: r.Seq, Rollout: r.Rollout.ID,
-			Stage: r.Rollout.Stages[r.Rollout.Stage], Detail: *reason}, *keep)
-		fmt.Fprintf(env.Stdout, "paused the rollout of %s %s at stage %d (%s); `shoal deploy --resume %s` drives it on\n",
-			service, r.Build, r.Rollout.Stage+1, r.Rollout.Stages[r.Rollout.Stage], service)
+			Stage: r.Rollout.StageName(), Detail: *reason}, *keep)
+		fmt.Fprintf(env.Stdout, "paused the rollout of %s %s at %s; `shoal deploy --resume %s` drives it on\n",
+			service, r.Build, r.Rollout.Where(), service)
 		return nil
 	}
 	var stageList []string
@@ -177,7 +178,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 			}
 		})
 		k.history(signal.HistoryEntry{Event: "resumed", Detail: *reason})
-		k.emit(event{Event: "resumed", Message: fmt.Sprintf("resuming the rollout of %s %s at stage %d/%d (%s)", service, r.Build, r.Rollout.Stage+1, len(r.Rollout.Stages), r.Rollout.Stages[r.Rollout.Stage])})
+		k.emit(event{Event: "resumed", Message: fmt.Sprintf("resuming the rollout of %s %s at %s", service, r.Build, r.Rollout.Where())})
 	} else {
 		k.p = core.RolloutParams{Bake: core.Duration(*bake), Interval: core.Duration(*interval), MaxFailed: *failedMax,
 			Check: *check, Metric: *metric, ZScore: *zscore, Baseline: *baseline, Step: *step}
@@ -218,7 +219,7 @@ func runDeploy(ctx context.Context, env Env, args []string) error {
 		}
 		k.history(signal.HistoryEntry{Event: "rollout", Outcome: "started", Detail: strings.Join(stageList, ",") + " " + *reason})
 		k.emit(event{Event: "started", Message: fmt.Sprintf("rolling out %s %s (release #%d, previous %s) in %d stages: %s; every host prefetches now",
-			service, r.Build, r.Seq, orNoneCLI(r.Previous), len(stageList), strings.Join(stageList, ", "))})
+			service, r.Build, r.Seq, cmp.Or(r.Previous, "none"), len(stageList), strings.Join(stageList, ", "))})
 	}
 	return k.drive(ctx, lock)
 }
@@ -247,13 +248,6 @@ func (k *commander) learnBaseline(ctx context.Context) error {
 	return nil
 }
 
-func orNoneCLI(b string) string {
-	if b == "" {
-		return "none"
-	}
-	return b
-}
-
 func printRelease(env Env, r *core.Release, asJSON bool, verb string) error {
 	if asJSON {
 		return printJSON(env.Stdout, r)
@@ -279,7 +273,7 @@ func runRollback(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	if cur, err := sig.Release(ctx, service); err == nil && cur.Rollout != nil {
-		fmt.Fprintf(env.Stderr, "aborting the rollout of %s %s at stage %d (%s); its commander stops\n", service, cur.Build, cur.Rollout.Stage+1, cur.Rollout.Stages[cur.Rollout.Stage])
+		fmt.Fprintf(env.Stderr, "aborting the rollout of %s %s at %s; its commander stops\n", service, cur.Build, cur.Rollout.Where())
 	}
 	r, err := sig.Rollback(ctx, service, whoami(), *reason)
 	if err != nil {

@@ -122,6 +122,14 @@ func (r *Rollout) StageOf(service, node string, tags []string) int {
 	return -1
 }
 
+// StageName is the current stage's selector.
+func (r *Rollout) StageName() string { return r.Stages[r.Stage] }
+
+// Where says where the rollout is: "stage 2/4 (50%)".
+func (r *Rollout) Where() string {
+	return fmt.Sprintf("stage %d/%d (%s)", r.Stage+1, len(r.Stages), r.StageName())
+}
+
 // Validate checks a rollout.
 func (r *Rollout) Validate() error {
 	if len(r.Stages) == 0 {
