@@ -98,9 +98,7 @@ func TestPowerLossAfterInstall(t *testing.T) {
 	f := startFleet(t, 2, 54, func(int) []string { return hookArgs() })
 	victim := f.Agents[1]
 	deployV1(t, f, 256<<10)
-	src := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src, 2<<20, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	src := publishBuild(t, f, "v2", 2<<20)
 	victim.Stop()
 	victim.Spec.Env = []string{swap.FaultEnv + "=installed"}
 	restart(t, f, victim)

@@ -107,9 +107,7 @@ func TestResumeAfterKill(t *testing.T) {
 		}
 		return args
 	})
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 24<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 24<<20)
 	shoal(t, f, "deploy", "web", "v1")
 	slow := f.Agents[1]
 	var have, total int64

@@ -158,9 +158,7 @@ func TestOriginDiesMidFetch(t *testing.T) {
 		return []string{"--service", "web", "--config", stall}
 	})
 	origin, watcher := f.Agents[0], f.Agents[1]
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 12<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 12<<20)
 	shoal(t, f, "deploy", "web", "v1")
 	s := waitHost(t, f, watcher, time.Minute, "the fetch reaching 25%", fetched(4))
 	t.Logf("killing the origin with %s at %d of %d bytes", watcher.Spec.Node, s.Fetch.Have, s.Fetch.Total)
@@ -308,9 +306,7 @@ func TestConsulOutageAndDataLoss(t *testing.T) {
 		return []string{"--service", "web"}
 	})
 	deployV1(t, f, 256<<10)
-	src2 := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src2, 8<<20, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src2)
+	src2 := publishBuild(t, f, "v2", 8<<20)
 	shoal(t, f, "deploy", "web", "v2")
 	waitHost(t, f, f.Agents[1], time.Minute, "v2 starting to arrive", arriving("v2"))
 	f.Consul.Stop()
@@ -340,9 +336,7 @@ func TestConsulOutageAndDataLoss(t *testing.T) {
 		}
 		sameTree(t, src2, filepath.Join(a.Spec.DataDir, "services", "web", "current"))
 	}
-	src3 := filepath.Join(t.TempDir(), "v3")
-	makeTree(t, src3, 256<<10, "v3")
-	shoal(t, f, "publish", "--service", "web", "--build", "v3", src3)
+	publishBuild(t, f, "v3", 256<<10)
 	shoal(t, f, "deploy", "web", "v3")
 	st, err := waitSettled(t, f, "web")
 	if err != nil {
@@ -362,9 +356,7 @@ func TestKillFifthOfFleetMidFetch(t *testing.T) {
 	f := startFleet(t, 5, 45, func(i int) []string {
 		return []string{"--service", "web", "--download-rate", "4MiB"}
 	})
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 24<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 24<<20)
 	shoal(t, f, "deploy", "web", "v1")
 	victim := f.Agents[4]
 	var piece int64
@@ -425,9 +417,7 @@ func TestStatusWaitNamesDeadHost(t *testing.T) {
 	f := startFleet(t, 3, 47, func(int) []string { return []string{"--service", "web"} })
 	deployV1(t, f, 256<<10)
 	f.Agents[2].Kill()
-	src := filepath.Join(t.TempDir(), "v2")
-	makeTree(t, src, 256<<10, "v2")
-	shoal(t, f, "publish", "--service", "web", "--build", "v2", src)
+	publishBuild(t, f, "v2", 256<<10)
 	shoal(t, f, "deploy", "web", "v2")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -456,9 +446,7 @@ func TestDiskFullDuringUnpack(t *testing.T) {
 	host.Spec.Env = []string{swap.PauseEnv + "=before-unpack"}
 	restart(t, f, host)
 	waitMembers(t, f, 3)
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 12<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 12<<20)
 	shoal(t, f, "deploy", "web", "v1")
 	waitHost(t, f, host, time.Minute, "verifying v1", func(s agent.ServiceStatus) bool { return s.State == core.StateVerifying })
 	junk := filepath.Join(small, "junk")
@@ -497,9 +485,7 @@ func TestOriginKilledAfterHandingOut(t *testing.T) {
 		}
 		return []string{"--service", "web", "--download-rate", "3MB"}
 	})
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 12<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 12<<20)
 	shoal(t, f, "deploy", "web", "v1")
 	origin := f.Agents[0]
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
@@ -531,9 +517,7 @@ func TestMembershipChurnDuringFetch(t *testing.T) {
 		}
 		return []string{"--service", "web", "--download-rate", "3MB"}
 	})
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 12<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 12<<20)
 	shoal(t, f, "deploy", "web", "v1")
 	stop := make(chan struct{})
 	churned := make(chan int)
@@ -631,9 +615,7 @@ func TestJunkReleaseShownAndReplaced(t *testing.T) {
 // sat at 95 %.)
 func TestCorruptOriginHeals(t *testing.T) {
 	f := startFleet(t, 4, 53, func(int) []string { return []string{"--service", "web", "--upload-rate", "8MB"} })
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 12<<20, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", 12<<20)
 	origin := f.Agents[0]
 	arch := filepath.Join(origin.Spec.DataDir, "archives", "web@v1.tar")
 	want, err := os.ReadFile(arch)

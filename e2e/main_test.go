@@ -218,3 +218,13 @@ func sameTree(t *testing.T, want, got string) {
 		}
 	}
 }
+
+// publishBuild makes a tree of about size bytes and publishes it as
+// web/<build>; it returns the tree.
+func publishBuild(t *testing.T, f *fleet.Fleet, build string, size int) string {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), build)
+	makeTree(t, src, size, build)
+	shoal(t, f, "publish", "--service", "web", "--build", build, src)
+	return src
+}

@@ -81,9 +81,7 @@ func writeManifest(t *testing.T, f *fleet.Fleet, m *core.Manifest) {
 // to every host of f; it returns the tree.
 func deployV1(t *testing.T, f *fleet.Fleet, size int) string {
 	t.Helper()
-	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, size, "v1")
-	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
+	src := publishBuild(t, f, "v1", size)
 	shoal(t, f, "deploy", "web", "v1")
 	if _, err := waitSettled(t, f, "web"); err != nil {
 		t.Fatalf("v1: %v", err)
