@@ -113,3 +113,24 @@ func TestWindow(t *testing.T) {
 		}
 	}
 }
+
+// A release record is a Consul value anyone with write access can set:
+// a rollout that names no stage, a stage past the end (which the
+// commander would index) or a stage with spaces is refused as a whole.
+func TestUnmarshalReleaseRefusesBadRollouts(t *testing.T) {
+	for _, v := range []string{
+		`{"build":"v2","previous":"v1","rollout":{"id":"r","stages":[],"stage":0}}`,
+		`{"build":"v2","previous":"v1","rollout":{"id":"r","stages":["canary"],"stage":5}}`,
+		`{"build":"v2","previous":"v1","rollout":{"id":"r","stages":["canary"],"stage":-1}}`,
+		`{"build":"v2","previous":"v1","rollout":{"id":"r","stages":["a b","all"],"stage":0}}`,
+		`{"build":"v2","previous":"v1","rollout":{"id":"r","stages":["250%"],"stage":0}}`,
+	} {
+		if r, err := UnmarshalRelease([]byte(v)); err == nil {
+			t.Errorf("accepted %s as %+v", v, r.Rollout)
+		}
+	}
+	r, err := UnmarshalRelease([]byte(`{"build":"v2","previous":"v1","rollout":{"id":"r","stages":["canary","all"],"stage":1}}`))
+	if err != nil || r.Rollout.Where() != "stage 2/2 (all)" {
+		t.Errorf("a good rollout: %v %v", r, err)
+	}
+}
