@@ -329,6 +329,9 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	if err != nil {
 		return res, fmt.Errorf("bench: publish: %w", err)
 	}
+	for _, a := range f.Agents {
+		resetPeakRSS(a.Pid()) // each run's peak is its own build's
+	}
 	cpu0 := cpuSeconds(f)
 	m0 := readMachineCPU()
 	before, _ := fleetStatus(ctx, f)
@@ -542,6 +545,13 @@ func cpuSeconds(f *fleet.Fleet) []float64 {
 		out[i] = procCPU(a.Pid())
 	}
 	return out
+}
+
+// resetPeakRSS sets a process's VmHWM back to its current resident set
+// (proc(5), clear_refs value 5), so the peak read at the end of a run is
+// that run's build's, not the largest since the agent started.
+func resetPeakRSS(pid int) {
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
 // peakRSSMiB reads VmHWM (peak resident set) from /proc.

@@ -28,7 +28,48 @@ func WriteTable(w io.Writer, rs []Result) error {
 			r.Bound, r.Ratio, r.Signal.P99, r.OriginX, float64(r.PeerBytes)/float64(max(r.Size, 1)),
 			r.CPU.P50, r.Machine.Total, r.CPUPerGB, r.HostCPUPerGB, r.RSSMiB.Max, r.Failed)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range rssByBuild(rs) {
+		fmt.Fprintln(w, line)
+	}
+	return nil
+}
+
+// rssByBuild says, per method and N run more than once (runs are
+// consecutive builds on one fleet), how the largest agent's peak RSS moved
+// from build to build: memory that grows with every build deployed is a
+// leak a long-lived daemon cannot have.
+func rssByBuild(rs []Result) []string {
+	type key struct {
+		method string
+		n      int
+	}
+	var order []key
+	peaks := map[key][]string{}
+	first, last := map[key]float64{}, map[key]float64{}
+	for _, r := range rs {
+		k := key{r.Method, r.N}
+		if r.RSSMiB.Max == 0 {
+			continue
+		}
+		if _, ok := peaks[k]; !ok {
+			order = append(order, k)
+			first[k] = r.RSSMiB.Max
+		}
+		peaks[k] = append(peaks[k], fmt.Sprintf("%.0f", r.RSSMiB.Max))
+		last[k] = r.RSSMiB.Max
+	}
+	var out []string
+	for _, k := range order {
+		if len(peaks[k]) < 2 {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s N=%d: peak RSS per agent by build %s MiB (last/first %.2f)",
+			k.method, k.n, strings.Join(peaks[k], ", "), last[k]/first[k]))
+	}
+	return out
 }
 
 // AppendJSONLines appends one JSON object per run to path.
@@ -57,7 +98,7 @@ type series struct {
 // WritePlots writes scaling.svg (last-host verified time against N per
 // method, with T*) and cdf.svg (host completion CDF at the largest N).
 func WritePlots(dir string, rs []Result) error {
-	colors := map[string]string{"p2p": "#1f77b4", "origin": "#d62728"}
+	colors := map[string]string{"p2p": "#1f77b4", "origin": "#d62728", "bittorrent": "#ff7f0e"}
 	byMethod := map[string]map[int][]float64{}
 	bound := map[int]float64{}
 	maxN := 0

@@ -12,15 +12,15 @@ import (
 // agentFlags binds the agent's command-line flags over a config (from
 // --config, if given); flags that are set win over the file.
 type agentFlags struct {
-	config, node, dataDir, bind, api, consul, token, gossip string
-	logFormat, logLevel, fetch                              string
-	apiToken, peerAPI, gossipKey                            string
-	gossipPort, torrentPort, healthRetries, keep, maxPeers  int
-	join, services, trustedKeys, publishRoots, tags         listFlag
-	drain, activate, healthCmd, healthURL                   string
-	hookTimeout, healthInterval, peerRefresh                time.Duration
-	up, down                                                sizeFlag
-	pprof, insecureDev, allowSetuid                         bool
+	config, node, dataDir, bind, api, consul, token, gossip         string
+	logFormat, logLevel, fetch                                      string
+	apiToken, peerAPI, gossipKey                                    string
+	gossipPort, torrentPort, healthRetries, keep, maxPeers, peerSet int
+	join, services, trustedKeys, publishRoots, tags                 listFlag
+	drain, activate, healthCmd, healthURL                           string
+	hookTimeout, healthInterval, peerRefresh                        time.Duration
+	up, down                                                        sizeFlag
+	pprof, insecureDev, allowSetuid                                 bool
 }
 
 func runAgent(ctx context.Context, env Env, args []string) error {
@@ -60,7 +60,8 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.up, "upload-rate", "cap on piece upload, e.g. 10MB (per second; default unlimited)")
 	fs.Var(&f.down, "download-rate", "cap on piece download, e.g. 10MB (per second; default unlimited)")
 	fs.IntVar(&f.maxPeers, "max-peers", 0, "connections per build (default 50)")
-	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often members are re-offered as peers (default 2s)")
+	fs.IntVar(&f.peerSet, "peer-set", 0, "members a fetching host dials per build, a random sample topped up as connections close (default 10)")
+	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often each fetch's peer set is topped up (default 2s)")
 	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the API address")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
@@ -132,6 +133,9 @@ func (f *agentFlags) build() (agent.Config, error) {
 	}
 	if f.maxPeers != 0 {
 		cfg.Swarm.MaxPeers = f.maxPeers
+	}
+	if f.peerSet != 0 {
+		cfg.Swarm.PeerSet = f.peerSet
 	}
 	if f.peerRefresh != 0 {
 		cfg.Swarm.PeerRefresh = core.Duration(f.peerRefresh)

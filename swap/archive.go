@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Pack writes dir as a tar stream to w, keeping file modes, empty
@@ -191,7 +192,7 @@ func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
 			if err != nil {
 				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 			}
-			n, err := io.Copy(f, tr)
+			n, err := copyLarge(f, tr)
 			if err == nil && n != h.Size {
 				err = io.ErrUnexpectedEOF
 			}
@@ -281,3 +282,15 @@ func typeName(t byte) string {
 	}
 	return fmt.Sprintf("entry of type %q", t)
 }
+
+// copyLarge copies through a pooled 1 MiB buffer. io.Copy between files
+// goes through os.File's ReadFrom/WriteTo fallbacks with 32 KiB at a
+// time: at 100 MB per build that was 3,200 read and write calls per pass,
+// and installing a build makes three passes (check, unpack, seal).
+func copyLarge(dst io.Writer, src io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}

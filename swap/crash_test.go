@@ -229,3 +229,39 @@ func sameFiles(t *testing.T, a, b string) {
 		t.Errorf("%s and %s differ (%v %v)", a, b, err1, err2)
 	}
 }
+
+// Releases sealed by earlier versions carry a SHA-256 tree digest; they
+// are still checked with it (an upgrade must not call every release on
+// disk damaged), and damage to them is still found.
+func TestSHA256SealOfEarlierVersionsIsStillChecked(t *testing.T) {
+	s, root := newStore(t)
+	src := t.TempDir()
+	mkTree(t, src, "A")
+	arch := filepath.Join(t.TempDir(), "a.tar")
+	sum := packFile(t, src, arch)
+	if _, err := s.Install(context.Background(), "v1", arch, sum, NoLimits); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(s.sumPath("v1"))
+	if err != nil || !strings.Contains(string(b), sealPrefix+xxhPrefix) {
+		t.Fatalf("a new seal is %q (%v), want an %s digest", b, err, xxhPrefix)
+	}
+	old, err := TreeDigest(s.ReleaseDir("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.sumPath("v1"), []byte(sum+"\n"+sealPrefix+old+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = Open(root, zerolog.Nop())
+	if err := s.Intact("v1"); err != nil {
+		t.Fatalf("a release sealed with SHA-256 by an earlier version: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(s.ReleaseDir("v1"), "etc", "conf"), []byte("edited"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = Open(root, zerolog.Nop())
+	if err := s.Intact("v1"); !errors.Is(err, ErrDamagedRelease) {
+		t.Fatalf("an edited release sealed with SHA-256: %v, want ErrDamagedRelease", err)
+	}
+}

@@ -189,7 +189,7 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := copyLarge(h, f); err != nil {
 		return st, fmt.Errorf("swap: install %s: verify %s: %w", build, archive, err)
 	}
 	if err := checkSum(archive, h, sha256hex); err != nil {
@@ -240,7 +240,7 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	if err := syncFS(tmp); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	digest, err := TreeDigest(tmp)
+	digest, err := sealDigest(tmp)
 	if err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}

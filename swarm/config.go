@@ -38,11 +38,18 @@ type Config struct {
 	// UploadRate and DownloadRate cap chunk traffic in bytes per second; 0 is unlimited.
 	UploadRate   int64 `json:"upload_rate,omitempty"`
 	DownloadRate int64 `json:"download_rate,omitempty"`
-	// MaxPeers caps connections per build. Default 50.
+	// MaxPeers caps connections per build, both directions. Default 50.
 	MaxPeers int `json:"max_peers,omitempty"`
-	// PeerRefresh is how often every member is re-offered to every transfer
-	// as a peer (a peer offered before it had the build is not retried by
-	// the torrent engine on its own). Default 2s.
+	// PeerSet is how many members a fetching host dials for one build: a
+	// random sample of the membership, topped up as connections close, so
+	// a host's connections (those it dials plus those dialed to it, about
+	// twice this on average) and the per-peer work that comes with them
+	// stay the same whatever the size of the fleet. Default 10; at most
+	// MaxPeers.
+	PeerSet int `json:"peer_set,omitempty"`
+	// PeerRefresh is how often each fetching transfer's peer set is topped
+	// up (a peer offered before it had the build is not retried by the
+	// torrent engine on its own). Default 2s.
 	PeerRefresh core.Duration `json:"peer_refresh,omitempty"`
 	// ScrubInterval is how often one complete build this host shares is
 	// re-hashed piece by piece (in turn); pieces that no longer match are
@@ -65,6 +72,10 @@ func (c *Config) applyDefaults() {
 	if c.MaxPeers == 0 {
 		c.MaxPeers = 50
 	}
+	if c.PeerSet == 0 {
+		c.PeerSet = 10
+	}
+	c.PeerSet = min(c.PeerSet, c.MaxPeers)
 	if c.PeerRefresh == 0 {
 		c.PeerRefresh = core.Duration(2 * time.Second)
 	}
@@ -90,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("swarm: data dir is required"))
+	}
+	if c.MaxPeers < 0 || c.PeerSet < 0 {
+		errs = append(errs, errors.New("swarm: max_peers and peer_set must not be negative"))
 	}
 	if c.UploadRate < 0 || c.DownloadRate < 0 {
 		errs = append(errs, errors.New("swarm: rates must not be negative"))

@@ -121,8 +121,14 @@ type Transfer struct {
 	// initial is what was already verified on disk when the transfer was added.
 	initial int64
 
-	mu   sync.Mutex       // guards from and slice
+	mu   sync.Mutex       // guards from, slice, offeredAt, lastHave and lastGain
 	from map[string]int64 // useful bytes received, by sending node
+	// offeredAt is when each member not yet connected was offered as a
+	// peer; lastHave is the verified bytes at lastGain, when they last
+	// grew (see topUp).
+	offeredAt map[torrent.PeerID]time.Time
+	lastHave  int64
+	lastGain  time.Time
 
 	// slice lists the pieces this host pulled from the origin over HTTP
 	// (see slice.go); avoidOrigin keeps the origin out of its torrent peers
@@ -148,6 +154,9 @@ type Transfer struct {
 	// badOnDisk counts pieces that were complete here and failed a later
 	// re-hash (scrub, or a failed SHA-256 check of the whole archive).
 	badOnDisk atomic.Int64
+	// paused is set while a superseded build is not downloaded (see
+	// Pause); its peer set is not topped up meanwhile.
+	paused atomic.Bool
 	// repairing is set while pieces a re-hash found bad are fetched again
 	// (the origin then dials peers, which it otherwise never does).
 	repairing atomic.Bool
@@ -261,11 +270,15 @@ func (x *Transfer) WriteError() error {
 
 // Pause stops downloading (a newer release superseded this build); the
 // transfer keeps what it has and resumes if the build is added again.
-func (x *Transfer) Pause() { x.t.DisallowDataDownload() }
+func (x *Transfer) Pause() {
+	x.paused.Store(true)
+	x.t.DisallowDataDownload()
+}
 
 // resume lets a transfer stopped by a write error or Pause download again.
 func (x *Transfer) resume() {
 	x.writeErr.Store(nil)
+	x.paused.Store(false)
 	x.t.AllowDataDownload()
 }
 
