@@ -39,10 +39,13 @@ func (s *Swarm) ArchivePath(service, build string) string {
 // size table's (once: at N = 40, 2 MiB for 100 MB was no faster than
 // 1 MiB, 58 s against 55-57 s, and left hosts without a complete piece
 // long enough to fall back to the origin, which sent 1.9 × S), as long as
-// that still leaves two pieces per host: with fewer, each host's first
-// piece from the origin takes N·piece/u to arrive and the swarm has
-// nothing to trade meanwhile (10 MB at 0.5 MB/s, N = 20: 512 KiB pieces
-// took 55-64 s where 256 KiB took 42 s). Measured with 100 MB on the
+// that still leaves a piece per host: with fewer, each host's first piece
+// from the origin takes N·piece/u to arrive and the swarm has nothing to
+// trade meanwhile (10 MB at 0.5 MB/s, N = 20: 512 KiB pieces took 55-64 s
+// where 256 KiB took 42 s). The rule asked for two pieces per host until
+// peer sets bounded each host's connections; since, at N = 80 (100 MB),
+// 1 MiB pieces took 62.9 s and 15.7 CPU-s per GB where 512 KiB took
+// 75.5 s and 18.9 (half the messages per byte). Measured with 100 MB on the
 // bench (docs/BENCHMARKS.md): at N = 5, 512 KiB pieces took 12.1-12.8 s
 // and 1 MiB 12.7-13.0 s; at N = 20, 1 MiB 17.6-18.2 s and 512 KiB 19-29 s.
 func PieceLength(size int64, hosts int) int64 {
@@ -57,7 +60,7 @@ func PieceLength(size int64, hosts int) int64 {
 	default:
 		pl = 4 << 20
 	}
-	if hosts > 16 && pl < 4<<20 && size >= int64(hosts)*2*(2*pl) {
+	if hosts > 16 && pl < 4<<20 && size >= int64(hosts)*(2*pl) {
 		pl *= 2
 	}
 	return pl
