@@ -28,8 +28,9 @@ func TestPieceLength(t *testing.T) {
 	}{
 		{1, 1, 256 << 10}, {31 << 20, 5, 256 << 10}, {64 << 20, 16, 512 << 10}, {300 << 20, 6, 2 << 20}, {5 << 30, 2, 4 << 20},
 		// more than 16 hosts: twice the size, never above 4 MiB, and only
-		// while that leaves at least two pieces per host
-		{64 << 20, 17, 1 << 20}, {100e6, 41, 1 << 20}, {64 << 20, 41, 512 << 10}, {64 << 20, 1000, 512 << 10},
+		// while that leaves at least one piece per host
+		{64 << 20, 17, 1 << 20}, {100e6, 41, 1 << 20}, {100e6, 81, 1 << 20}, {64 << 20, 41, 1 << 20},
+		{64 << 20, 65, 512 << 10}, {64 << 20, 1000, 512 << 10},
 		{10e6, 21, 256 << 10}, {300 << 20, 17, 4 << 20}, {5 << 30, 1000, 4 << 20},
 	} {
 		if got := PieceLength(tc.size, tc.hosts); got != tc.want {
