@@ -55,6 +55,10 @@ type Config struct {
 	Progress io.Writer
 	// Keep leaves the work directory (agent logs and data dirs) in place.
 	Keep bool
+	// AgentArgs are added to every agent's command line (e.g.
+	// "--handout=off", "--peer-set=20"), to measure a setting; recorded
+	// in each result.
+	AgentArgs []string
 	// Profile, if set, records a CPU profile of the median fetching host
 	// for this long from the Consul write, and its heap at the end of the
 	// run, into Out (p2p and origin runs).
@@ -107,6 +111,8 @@ type Result struct {
 	Up     int64     `json:"up"`
 	Down   int64     `json:"down"`
 	MTU    int       `json:"mtu,omitempty"`
+	// AgentArgs is what the run's agents were given beyond the defaults.
+	AgentArgs []string `json:"agent_args,omitempty"`
 	// Seconds from the Consul write until each fetching host had a
 	// verified copy (Verified) and until it was active (Active).
 	Verified Summary `json:"verified"`
@@ -227,6 +233,7 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 		Dir: filepath.Join(work, fmt.Sprintf("%s-%d", method, n)),
 		Args: func(int) []string {
 			a := []string{"--service", service, "--fetch", fetch, "--peer-refresh", "1s", "--log-level", level, "--keep", "2", "--pprof"}
+			a = append(a, cfg.AgentArgs...)
 			if cfg.Net == "loopback" {
 				if cfg.Up > 0 {
 					a = append(a, "--upload-rate", strconv.FormatInt(cfg.Up, 10))
@@ -303,7 +310,7 @@ func waitFleet(ctx context.Context, f *fleet.Fleet, want int) error {
 
 func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client, method string, n, run int, work, payload string) (Result, error) {
 	res := Result{Time: time.Now().UTC(), Commit: agent.Version, Method: method, Net: cfg.Net, N: n, Run: run,
-		Size: cfg.Size, Up: cfg.Up, Down: cfg.Down}
+		Size: cfg.Size, Up: cfg.Up, Down: cfg.Down, AgentArgs: cfg.AgentArgs}
 	if cfg.Net == "netns" {
 		res.MTU = max(cfg.MTU, 1500)
 	}

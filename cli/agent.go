@@ -13,7 +13,7 @@ import (
 // --config, if given); flags that are set win over the file.
 type agentFlags struct {
 	config, node, dataDir, bind, api, consul, token, gossip         string
-	logFormat, logLevel, fetch                                      string
+	logFormat, logLevel, fetch, handout                             string
 	apiToken, peerAPI, gossipKey                                    string
 	gossipPort, torrentPort, healthRetries, keep, maxPeers, peerSet int
 	join, services, trustedKeys, publishRoots, tags                 listFlag
@@ -62,6 +62,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.IntVar(&f.maxPeers, "max-peers", 0, "connections per build (default 50)")
 	fs.IntVar(&f.peerSet, "peer-set", 0, "members a fetching host dials per build, a random sample topped up as connections close (default 10)")
 	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often each fetch's peer set is topped up (default 2s)")
+	fs.StringVar(&f.handout, "handout", "", "on (default): the origin hands each piece to one host over HTTP; off: the origin is a plain torrent seed (for measurement)")
 	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the API address")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
@@ -133,6 +134,13 @@ func (f *agentFlags) build() (agent.Config, error) {
 	}
 	if f.maxPeers != 0 {
 		cfg.Swarm.MaxPeers = f.maxPeers
+	}
+	switch f.handout {
+	case "", "on":
+	case "off":
+		cfg.Swarm.Handout.Off = true
+	default:
+		return cfg, fmt.Errorf("--handout %q: use on or off", f.handout)
 	}
 	if f.peerSet != 0 {
 		cfg.Swarm.PeerSet = f.peerSet

@@ -39,6 +39,8 @@ func runBench(ctx context.Context, env Env, args []string) error {
 	cleanup := fs.Bool("cleanup", false, "only remove namespaces a killed bench left behind, then exit")
 	keep := fs.Bool("keep", false, "keep the work directory (agent logs and data dirs) for a post-mortem")
 	prof := fs.Duration("profile", 0, "record a CPU profile of the median host for this long from the deploy, and its heap, into --out (p2p, origin)")
+	agentArgs := listFlag{}
+	fs.Var(&agentArgs, "agent-arg", "add this to every agent's command line, e.g. --agent-arg=--handout=off (repeatable; p2p and origin)")
 	report := fs.Bool("report", false, "run nothing: print the table and redraw the plots from --out/results.jsonl")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -65,7 +67,7 @@ func runBench(ctx context.Context, env Env, args []string) error {
 		methods = listFlag{"p2p", "origin"}
 	}
 	cfg := bench.Config{Size: int64(size), Up: int64(up), Down: int64(down), Runs: *runs, Out: *out,
-		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr, Keep: *keep, Profile: *prof}
+		Net: *netMode, MTU: *mtu, Methods: methods, Timeout: *timeout, Progress: env.Stderr, Keep: *keep, Profile: *prof, AgentArgs: agentArgs}
 	for _, h := range hosts {
 		n, err := strconv.Atoi(h)
 		if err != nil {

@@ -57,6 +57,9 @@ type Config struct {
 	ScrubInterval core.Duration `json:"scrub_interval,omitempty"`
 	// JoinRetry is how often to retry joining while no other member is known. Default 2s.
 	JoinRetry core.Duration `json:"join_retry,omitempty"`
+	// Handout tunes how the origin hands out a build's first copy (see
+	// handout.go).
+	Handout Handout `json:"handout,omitzero"`
 	// Gossip picks memberlist timings: "lan" (default, tuned for up to a
 	// few hundred hosts) or "local" (fast failure detection for tests).
 	Gossip string `json:"gossip,omitempty"`
@@ -88,6 +91,7 @@ func (c *Config) applyDefaults() {
 	if c.Gossip == "" {
 		c.Gossip = "lan"
 	}
+	c.Handout.applyDefaults()
 }
 
 // Validate reports config errors.
@@ -107,6 +111,9 @@ func (c Config) Validate() error {
 	}
 	if c.UploadRate < 0 || c.DownloadRate < 0 {
 		errs = append(errs, errors.New("swarm: rates must not be negative"))
+	}
+	if err := c.Handout.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Gossip != "" && c.Gossip != "lan" && c.Gossip != "local" {
 		errs = append(errs, fmt.Errorf("swarm: gossip profile %q: use lan or local", c.Gossip))

@@ -52,67 +52,6 @@ func (x *Transfer) pieceGood(ctx context.Context, i int, buf []byte) (bool, erro
 	return false, x.t.Piece(i).VerifyDataContext(ctx)
 }
 
-// NextSlicePiece hands the next piece of a build to a host fetching it
-// from this origin, after checking the piece here: a piece that fails is
-// kept back (and repaired) and handed out once it is good again. ok is
-// false once every piece is out; ErrNotReady while the build is still
-// being hashed, or only kept-back pieces remain.
-func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
-	x := s.transferOf(service, build)
-	if x == nil || x.checking.Load() || (!x.t.Complete().Bool() && x.badOnDisk.Load() == 0) {
-		return 0, false, ErrNotReady // still hashing its copy (a repair is not: it hands out the good pieces)
-	}
-	x.handMu.Lock()
-	defer x.handMu.Unlock()
-	if x.handBuf == nil {
-		x.handBuf = make([]byte, x.m.PieceLength)
-	}
-	tried := map[int]bool{} // a kept-back piece is re-checked once per call
-	for {
-		i, again := -1, false
-		for k, p := range x.keptBack {
-			if !tried[p] && x.t.PieceState(p).Complete {
-				tried[p] = true
-				i, again = p, true
-				x.keptBack = append(x.keptBack[:k], x.keptBack[k+1:]...)
-				break
-			}
-		}
-		if i < 0 {
-			switch {
-			case x.handedOut < x.t.NumPieces():
-				i = x.handedOut
-				x.handedOut++
-			case len(x.keptBack) > 0:
-				return 0, false, ErrNotReady
-			default:
-				return 0, false, nil
-			}
-		}
-		complete, good := false, false
-		err := x.verify(func() error {
-			complete = x.t.PieceState(i).Complete
-			if complete {
-				good, _ = x.pieceGood(s.ctx, i, x.handBuf) // a failed re-check leaves it kept back
-			}
-			return nil
-		})
-		if err != nil {
-			return 0, false, err
-		}
-		if good {
-			return i, true, nil
-		}
-		x.keptBack = append(x.keptBack, i)
-		if complete && !again { // found bad here (one kept back already is known bad, and being repaired)
-			x.badOnDisk.Add(1)
-			s.log.Error().Str("service", service).Str("build", build).Int("piece", i).
-				Msg("a piece of this origin's copy failed its hash before it was handed out; kept back and repaired")
-		}
-		s.heal(x)
-	}
-}
-
 // heal starts repairing the pieces a re-hash or a handout check found bad
 // here. The origin first packs its publish directory again (its peers are
 // mid-fetch: dialing them would have them pull from it as a torrent peer,

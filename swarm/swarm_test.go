@@ -55,9 +55,9 @@ func TestPeerIDsAreStableAndDistinct(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	c := Config{Node: "", BindAddr: "0.0.0.0", Gossip: "wan"}
+	c := Config{Node: "", BindAddr: "0.0.0.0", Gossip: "wan", PeerSet: -1, Handout: Handout{Streams: 100}}
 	err := c.Validate()
-	for _, want := range []string{"node name", "bind address", "data dir", "gossip profile"} {
+	for _, want := range []string{"node name", "bind address", "data dir", "gossip profile", "peer_set", "handout: streams"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to mention %q", err, want)
 		}
@@ -386,5 +386,44 @@ func TestPeerSetBoundsConnections(t *testing.T) {
 	t.Logf("12 hosts, peer set 2: %d connections opened, %d offers", opened/2, offered)
 	if opened/2 >= 33 {
 		t.Errorf("%d connections for 12 hosts with a peer set of 2; want well under a full mesh's 66", opened/2)
+	}
+}
+
+// With the hand-out off the origin is a plain seed: no host asks it for
+// slices, every host takes pieces from it (and each other) as torrent
+// peers, and the build still arrives whole.
+func TestHandoutOff(t *testing.T) {
+	ctx := context.Background()
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	nodes := startSwarms(t, 3, 48, zerolog.Nop(), func(s *Swarm) {
+		s.cfg.Handout.Off = true
+		s.SetOriginURL(func(origin, service, build string) string { return srv.URL })
+	})
+	m, data := publish(t, nodes[0], 2<<20+5)
+	for i, s := range nodes {
+		x, err := s.Add(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		err = x.Wait(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+		if got, _ := os.ReadFile(x.Path()); string(got) != string(data) {
+			t.Fatalf("node %d: archive differs", i)
+		}
+		if x.avoidOrigin.Load() || len(x.slice) > 0 {
+			t.Errorf("node %d pulled a slice (%d pieces) or kept the origin out with the hand-out off", i, len(x.slice))
+		}
+	}
+	if asked.Load() != 0 {
+		t.Errorf("the origin's hand-out was asked %d times with it off", asked.Load())
 	}
 }

@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +15,7 @@ import (
 	"github.com/shoal-deploy/shoal/core"
 )
 
-// Origin slices.
+// The hand-out: how a build leaves its origin.
 //
 // At the start of a deploy only the origin has the build, so its upload is
 // the scarcest link: every byte it sends twice delays the whole fleet. The
@@ -22,26 +23,77 @@ import (
 // fetching host asks for the same rare pieces first, so left alone the
 // origin sends much of the build several times.
 //
-// Instead the origin hands pieces out: a fetching host asks the origin's
-// agent API for the next piece nobody has been given (POST .../next), pulls
-// it over HTTP range requests, writes it into the engine's storage and has
+// Instead the origin hands pieces out. Each fetching host asks the
+// origin's agent API for the next piece nobody has been given (POST
+// .../next, answered by NextSlicePiece), pulls it with HTTP range requests
+// (Handout.Streams at once), writes it into the engine's storage and has
 // the engine verify it (which announces it to peers), and asks again until
-// the origin has handed out every piece. It keeps the origin out of its
-// torrent peers meanwhile and takes every other piece from the other hosts.
-// The origin thus sends each piece once, faster hosts take more pieces, and
-// hosts that do not fetch the build take none. (A first version split the
-// pieces by each host's view of the membership; views that differ for a
-// moment left pieces to two hosts or to none.) If the HTTP pull fails, or
-// the fetch then receives nothing for max(stallToOrigin, twice the slowest
-// slice piece) (a host died holding pieces it was given), the origin
-// becomes a torrent peer again.
+// the origin has handed out every piece; the pieces a host pulled are its
+// slice. It keeps the origin out of its torrent peers meanwhile and takes
+// every other piece from the other hosts. The origin thus sends each piece
+// once, faster hosts take more pieces, and hosts that do not fetch the
+// build take none. The origin checks each piece against its hash before it
+// hands it out; a bad one is kept back and repaired (heal.go). If the HTTP
+// pull fails, or the fetch then receives nothing for max(Handout.Stall,
+// twice the slowest slice piece) (a host died holding pieces it was
+// given), the origin becomes a torrent peer again.
+//
+// In BitTorrent's terms the hand-out is super-seeding (BEP 16: a seed
+// offers each peer a piece nobody else has, so it uploads each piece
+// about once) with the handing out done centrally and the pieces sent
+// over HTTP like a web seed (BEP 19). Neither is used as such: the engine
+// implements no super-seeding, and its web-seed client cannot sign
+// requests, so the origin's archive would have to be served to anyone who
+// can reach it. docs/DESIGN.md compares them; Handout.Off measures the
+// origin as a plain seed.
 
-// stallToOrigin is how long a host avoiding the origin waits without progress
-// before it asks the origin again.
-const stallToOrigin = 5 * time.Second
+// Handout tunes the hand-out; zero values take the defaults.
+type Handout struct {
+	// Off makes the origin an ordinary torrent seed: every host asks it
+	// for whatever it lacks. For measurement; the origin then sends
+	// several copies of early pieces.
+	Off bool `json:"off,omitempty"`
+	// Streams is how many HTTP range requests fetch one slice piece at
+	// once. A host's download link also carries its peer connections and
+	// TCP shares a link per connection: one stream got ~1/9 of it at N = 5
+	// and the origin's upload sat half idle. Default 4.
+	Streams int `json:"streams,omitempty"`
+	// Retries is how many times a slice piece is requested before the
+	// host gives up on the hand-out. Default 3.
+	Retries int `json:"retries,omitempty"`
+	// Stall is how long a host that keeps the origin out of its peers may
+	// receive nothing before it takes the origin as a peer again (at least
+	// twice the slowest slice piece). Default 5s.
+	Stall core.Duration `json:"stall,omitempty"`
+	// StallEmpty is the same limit while the host has no piece at all (a
+	// host with an empty slice waits for the slice owners). Default 30s.
+	StallEmpty core.Duration `json:"stall_empty,omitempty"`
+	// OriginWait is how long a host waits for an origin still checking
+	// its own copy before it stops asking for slices. Default 10s.
+	OriginWait core.Duration `json:"origin_wait,omitempty"`
+}
 
-// stallNothingYet is the same limit for a host that has no piece at all yet.
-const stallNothingYet = 30 * time.Second
+func (h *Handout) applyDefaults() {
+	h.Streams = cmp.Or(h.Streams, 4)
+	h.Retries = cmp.Or(h.Retries, 3)
+	h.Stall = cmp.Or(h.Stall, core.Duration(5*time.Second))
+	h.StallEmpty = cmp.Or(h.StallEmpty, core.Duration(30*time.Second))
+	h.OriginWait = cmp.Or(h.OriginWait, core.Duration(10*time.Second))
+}
+
+func (h Handout) validate() error {
+	if h.Streams < 0 || h.Streams > 64 || h.Retries < 0 || h.Stall < 0 || h.StallEmpty < 0 || h.OriginWait < 0 {
+		return fmt.Errorf("swarm: handout: streams must be 1..64 and retries and durations not negative (got %+v)", h)
+	}
+	return nil
+}
+
+// Polling intervals of the hand-out, short against any transfer.
+const (
+	stallCheckEvery = 250 * time.Millisecond // a host watching its progress after its slice
+	notReadyEvery   = 200 * time.Millisecond // asking an origin still checking its copy
+	retryBackoff    = 300 * time.Millisecond // × attempt, between requests for one slice piece
+)
 
 // OriginURL, if set, gives the HTTP URL of a build's archive on the origin
 // ("" when unknown). The agent sets it; nil disables origin slices.
@@ -57,7 +109,7 @@ func (s *Swarm) UploadLimiter() *rate.Limiter { return s.up }
 // sliceURL is where this host would pull a build's slice from ("" if it
 // pulls none: it is the origin, or the origin is unknown).
 func (s *Swarm) sliceURL(m *core.Manifest) string {
-	if m.Origin == s.cfg.Node || s.originURL == nil {
+	if m.Origin == s.cfg.Node || s.originURL == nil || s.cfg.Handout.Off {
 		return ""
 	}
 	return s.originURL(m.Origin, m.Service, m.Build)
@@ -108,7 +160,7 @@ func (s *Swarm) steer(x *Transfer, url string) {
 		fallback("pulling this host's slice over HTTP failed", err)
 		return
 	}
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := time.NewTicker(stallCheckEvery)
 	defer tick.Stop()
 	// Progress is any useful byte received, not just a completed piece: on
 	// slow links a piece that every host wants from the one host that has
@@ -130,9 +182,9 @@ func (s *Swarm) steer(x *Transfer, url string) {
 		// pieces that took the origin as long as ours did: when many
 		// hosts share a slow origin a slice piece takes N·piece/u, and
 		// until those land there may be nothing new to trade.
-		limit := max(stallToOrigin, 2*slowest)
+		limit := max(s.cfg.Handout.Stall.D(), 2*slowest)
 		if x.verified() == 0 {
-			limit = max(limit, stallNothingYet)
+			limit = max(limit, s.cfg.Handout.StallEmpty.D())
 		}
 		if have := x.receivedBytes(); have > last {
 			last, lastGain = have, time.Now()
@@ -152,11 +204,11 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 	buf := make([]byte, pl)
 	for {
 		i, ok, err := s.askNext(ctx, url)
-		for wait := 0; errors.Is(err, ErrNotReady) && wait < 50; wait++ {
+		for waited := time.Duration(0); errors.Is(err, ErrNotReady) && waited < s.cfg.Handout.OriginWait.D(); waited += notReadyEvery {
 			select { // the origin is still hashing its copy
 			case <-ctx.Done():
 				return slowest, ctx.Err()
-			case <-time.After(200 * time.Millisecond):
+			case <-time.After(notReadyEvery):
 			}
 			i, ok, err = s.askNext(ctx, url)
 		}
@@ -172,11 +224,11 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 		off := int64(i) * pl
 		n := min(pl, x.m.Size-off)
 		began := time.Now()
-		for attempt := 0; attempt < 3; attempt++ {
+		for attempt := 0; attempt < max(s.cfg.Handout.Retries, 1); attempt++ {
 			if err = s.getParallel(ctx, url, off, buf[:n]); err == nil || ctx.Err() != nil {
 				break
 			}
-			time.Sleep(time.Duration(attempt+1) * 300 * time.Millisecond)
+			time.Sleep(time.Duration(attempt+1) * retryBackoff)
 		}
 		if err != nil {
 			return slowest, fmt.Errorf("piece %d: %w", i, err)
@@ -233,18 +285,10 @@ func (s *Swarm) askNext(ctx context.Context, url string) (int, bool, error) {
 	}
 }
 
-// sliceStreams is how many HTTP connections fetch one slice piece at once.
-// A host's download link also carries its peer connections; TCP shares a
-// link per connection, so a single slice stream got ~1/9 of it at N = 5
-// and the origin's upload sat half idle. Several streams for the same
-// piece win the slice a fair share while the piece still completes (and
-// can be forwarded) as early as possible.
-const sliceStreams = 4
-
-// getParallel fills dst from [off, off+len(dst)) with up to sliceStreams
-// concurrent range requests.
+// getParallel fills dst from [off, off+len(dst)) with up to
+// Handout.Streams concurrent range requests.
 func (s *Swarm) getParallel(ctx context.Context, url string, off int64, dst []byte) error {
-	parts := sliceStreams
+	parts := max(s.cfg.Handout.Streams, 1)
 	if len(dst) < parts*(64<<10) {
 		parts = 1
 	}
@@ -313,4 +357,65 @@ func (x *Transfer) waitPieceComplete(ctx context.Context, i int) bool {
 		}
 	}
 	return false
+}
+
+// NextSlicePiece hands the next piece of a build to a host fetching it
+// from this origin, after checking the piece here: a piece that fails is
+// kept back (and repaired) and handed out once it is good again. ok is
+// false once every piece is out; ErrNotReady while the build is still
+// being hashed, or only kept-back pieces remain.
+func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
+	x := s.transferOf(service, build)
+	if x == nil || x.checking.Load() || (!x.t.Complete().Bool() && x.badOnDisk.Load() == 0) {
+		return 0, false, ErrNotReady // still hashing its copy (a repair is not: it hands out the good pieces)
+	}
+	x.handMu.Lock()
+	defer x.handMu.Unlock()
+	if x.handBuf == nil {
+		x.handBuf = make([]byte, x.m.PieceLength)
+	}
+	tried := map[int]bool{} // a kept-back piece is re-checked once per call
+	for {
+		i, again := -1, false
+		for k, p := range x.keptBack {
+			if !tried[p] && x.t.PieceState(p).Complete {
+				tried[p] = true
+				i, again = p, true
+				x.keptBack = append(x.keptBack[:k], x.keptBack[k+1:]...)
+				break
+			}
+		}
+		if i < 0 {
+			switch {
+			case x.handedOut < x.t.NumPieces():
+				i = x.handedOut
+				x.handedOut++
+			case len(x.keptBack) > 0:
+				return 0, false, ErrNotReady
+			default:
+				return 0, false, nil
+			}
+		}
+		complete, good := false, false
+		err := x.verify(func() error {
+			complete = x.t.PieceState(i).Complete
+			if complete {
+				good, _ = x.pieceGood(s.ctx, i, x.handBuf) // a failed re-check leaves it kept back
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, false, err
+		}
+		if good {
+			return i, true, nil
+		}
+		x.keptBack = append(x.keptBack, i)
+		if complete && !again { // found bad here (one kept back already is known bad, and being repaired)
+			x.badOnDisk.Add(1)
+			s.log.Error().Str("service", service).Str("build", build).Int("piece", i).
+				Msg("a piece of this origin's copy failed its hash before it was handed out; kept back and repaired")
+		}
+		s.heal(x)
+	}
 }
