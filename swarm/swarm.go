@@ -341,6 +341,17 @@ func (s *Swarm) topUp(x *Transfer, members []torrent.PeerInfo) {
 		connected[pc.PeerID] = true
 	}
 	have := x.verified()
+	offer := x.pickPeers(s.cfg.PeerSet, s.cfg.MaxPeers, members, connected, have, now)
+	// Outside x.mu: the engine calls back into the transfer (onUseful takes
+	// x.mu) with its own lock held, so holding x.mu while AddPeers waits for
+	// that lock froze the agent (seen in the bench: one host of ten stopped
+	// answering its status mid-deploy).
+	x.t.AddPeers(offer)
+	s.count.offered.Add(int64(len(offer)))
+}
+
+// pickPeers chooses the members topUp offers and records them as offered.
+func (x *Transfer) pickPeers(peerSet, maxPeers int, members []torrent.PeerInfo, connected map[torrent.PeerID]bool, have int64, now time.Time) []torrent.PeerInfo {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.offeredAt == nil {
@@ -358,10 +369,10 @@ func (s *Swarm) topUp(x *Transfer, members []torrent.PeerInfo) {
 			pending++
 		}
 	}
-	set := s.cfg.PeerSet * (1 + int(now.Sub(x.lastGain)/widenAfter))
-	want := min(set, s.cfg.MaxPeers) - len(connected) - pending
+	set := peerSet * (1 + int(now.Sub(x.lastGain)/widenAfter))
+	want := min(set, maxPeers) - len(connected) - pending
 	if want <= 0 {
-		return
+		return nil
 	}
 	origin := PeerIDFor(x.m.Origin)
 	var first, rest []torrent.PeerInfo
@@ -382,8 +393,7 @@ func (s *Swarm) topUp(x *Transfer, members []torrent.PeerInfo) {
 	for _, p := range offer {
 		x.offeredAt[p.Id] = now
 	}
-	x.t.AddPeers(offer)
-	s.count.offered.Add(int64(len(offer)))
+	return offer
 }
 
 // reofferAfter is how long an offered member counts as part of the peer
