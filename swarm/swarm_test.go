@@ -143,6 +143,7 @@ func TestOriginSlices(t *testing.T) {
 			fmt.Fprintf(w, `{"piece":%d}`, i)
 			return
 		}
+		time.Sleep(20 * time.Millisecond) // an origin's upload is what is scarce: one host cannot take every piece before the others ask
 		http.ServeFile(&countingWriter{ResponseWriter: w, n: &served}, r, origin.ArchivePath("web", "v1"))
 	}))
 	defer srv.Close()
