@@ -48,6 +48,7 @@ func commands() []command {
 		{"keygen", "make a signing key pair, a gossip key or a control API token", runKeygen},
 		{"validate", "check an agent config file and exit", runValidate},
 		{"bench", "measure fleet-wide pull time on a local fleet (p2p vs origin, against T*)", runBench},
+		{"model", "model pull time, per-host work and gossip at 1,000-10,000 hosts", runModel},
 		{"version", "print the version", runVersion},
 	}
 }
