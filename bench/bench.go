@@ -244,6 +244,14 @@ func runFleet(ctx context.Context, cfg Config, method string, n int, work, paylo
 			}
 			return a
 		}}
+	if !cfg.Keep {
+		// Each fleet's data goes when it is done: a sweep kept every
+		// fleet's until the end and filled a 252 GB disk at N = 80.
+		defer os.RemoveAll(opts.Dir)
+	}
+	if err := checkRoom(work, n+1, cfg); err != nil {
+		return nil, err
+	}
 	if cfg.Net == "netns" {
 		topo, err := NewTopology(ctx, n+1, cfg.Up, cfg.Down, cfg.MTU)
 		if err != nil {
@@ -460,6 +468,23 @@ func (r *Result) bound(cfg Config) {
 	if r.Bound > 0 {
 		r.Ratio = r.Verified.Max / r.Bound
 	}
+}
+
+// checkRoom refuses a fleet whose hosts would not fit on the work
+// directory's disk: each keeps up to three builds (the agents run with
+// --keep 2, plus the one being fetched), an archive and a release each.
+func checkRoom(work string, hosts int, cfg Config) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(work, &st); err != nil {
+		return nil // cannot tell; the run will say
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	need := int64(hosts) * 2 * cfg.Size * int64(min(cfg.Runs, 3))
+	if need > free {
+		return fmt.Errorf("bench: a fleet of %d hosts needs about %d MB in %s for %d runs of %d MB (%d MB free): use fewer hosts or runs, or point TMPDIR at a larger disk",
+			hosts, need>>20, work, cfg.Runs, cfg.Size>>20, free>>20)
+	}
+	return nil
 }
 
 // quiesce lets the machine settle before a run: every host of the last run

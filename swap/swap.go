@@ -237,7 +237,7 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	}
 	// Every file of the release on disk before it is renamed into place:
 	// after a power loss a release is either absent or complete.
-	if err := syncFS(tmp); err != nil {
+	if err := syncTree(tmp); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	digest, err := sealDigest(tmp)
@@ -352,16 +352,75 @@ func (s *Store) Remove(build string) error {
 	return nil
 }
 
-// syncFS flushes the file system holding dir (syncfs(2)): one call for
-// every file of a freshly unpacked release, instead of one fsync each.
-func syncFS(dir string) error {
-	d, err := os.Open(dir)
+// syncTree flushes every file and directory of a freshly unpacked release
+// (fsync each, syncWorkers at a time, so the file system can commit them
+// together). It replaced syncfs(2), which flushes the whole file system:
+// on a fleet host that is the service's own dirty data as well (a
+// writeback storm under the running service at every deploy), and this
+// host's fetched archive, which needs no flush (after a crash its pieces
+// are hashed again before they are served).
+func syncTree(dir string) error {
+	paths, err := treePaths(dir)
 	if err != nil {
-		return fmt.Errorf("swap: syncfs %s: %w", dir, err)
+		return fmt.Errorf("swap: sync %s: %w", dir, err)
 	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
-		return fmt.Errorf("swap: syncfs %s: %w", dir, err)
+	paths = append(paths, dir)
+	work := make(chan string)
+	errs := make(chan error, syncWorkers)
+	for range syncWorkers {
+		go func() {
+			var first error
+			for p := range work {
+				if first == nil {
+					first = syncPath(p)
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, p := range paths {
+		work <- p
+	}
+	close(work)
+	for range syncWorkers {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+const syncWorkers = 8
+
+// syncPath fsyncs a file or directory; a symlink is made durable by its
+// directory's fsync.
+func syncPath(p string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return fmt.Errorf("swap: sync: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return nil
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrPermission) {
+		// A file the agent cannot read (mode 0 and no root): flush the
+		// file system instead.
+		if f, err = os.Open(filepath.Dir(p)); err == nil {
+			defer f.Close()
+			err = unix.Syncfs(int(f.Fd()))
+		}
+		if err != nil {
+			return fmt.Errorf("swap: sync %s: %w", p, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("swap: sync: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("swap: sync %s: %w", p, err)
 	}
 	return nil
 }
