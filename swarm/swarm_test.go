@@ -126,7 +126,6 @@ func TestThreeNodeTransfer(t *testing.T) {
 // Four swarms; the fetching hosts pull their slices from the origin over
 // HTTP and everything else from each other.
 func TestOriginSlices(t *testing.T) {
-	ctx := context.Background()
 	var served atomic.Int64
 	var origin *Swarm
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -152,25 +151,9 @@ func TestOriginSlices(t *testing.T) {
 	})
 	origin = nodes[0]
 	m, data := publish(t, origin, 6<<20+777)
-	xs := make([]*Transfer, len(nodes))
-	for i, s := range nodes {
-		x, err := s.Add(ctx, m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		xs[i] = x
-	}
+	xs := fetchAll(t, nodes, m, data)
 	sliced, pullers := 0, 0
-	for i, x := range xs {
-		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
-		err := x.Wait(wctx)
-		wcancel()
-		if err != nil {
-			t.Fatalf("node %d: %v (progress %+v)", i, err, x.Progress())
-		}
-		if got, _ := os.ReadFile(x.Path()); string(got) != string(data) {
-			t.Fatalf("node %d: archive differs", i)
-		}
+	for _, x := range xs {
 		x.mu.Lock()
 		sliced += len(x.slice)
 		if len(x.slice) > 0 {
@@ -355,9 +338,52 @@ func TestOriginKeepsBackAndRepairsBadPieces(t *testing.T) {
 // connections opened stay far below the 66 pairs a mesh of 12 has (before
 // peer sets, every host dialed every member).
 func TestPeerSetBoundsConnections(t *testing.T) {
-	ctx := context.Background()
 	nodes := startSwarms(t, 12, 47, zerolog.Nop(), func(s *Swarm) { s.cfg.PeerSet = 2 })
 	m, data := publish(t, nodes[0], 2<<20+333)
+	fetchAll(t, nodes, m, data)
+	opened, offered := int64(0), int64(0)
+	for _, s := range nodes {
+		c := s.Counters()
+		opened += c["conns_opened"]
+		offered += c["peers_offered"]
+	}
+	// Each connection is counted by both ends.
+	t.Logf("12 hosts, peer set 2: %d connections opened, %d offers", opened/2, offered)
+	if opened/2 >= 33 {
+		t.Errorf("%d connections for 12 hosts with a peer set of 2; want well under a full mesh's 66", opened/2)
+	}
+}
+
+// With the hand-out off the origin is a plain seed: no host asks it for
+// slices, every host takes pieces from it (and each other) as torrent
+// peers, and the build still arrives whole.
+func TestHandoutOff(t *testing.T) {
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	nodes := startSwarms(t, 3, 48, zerolog.Nop(), func(s *Swarm) {
+		s.cfg.Handout.Off = true
+		s.SetOriginURL(func(origin, service, build string) string { return srv.URL })
+	})
+	m, data := publish(t, nodes[0], 2<<20+5)
+	for i, x := range fetchAll(t, nodes, m, data) {
+		if x.avoidOrigin.Load() || len(x.slice) > 0 {
+			t.Errorf("node %d pulled a slice (%d pieces) or kept the origin out with the hand-out off", i, len(x.slice))
+		}
+	}
+	if asked.Load() != 0 {
+		t.Errorf("the origin's hand-out was asked %d times with it off", asked.Load())
+	}
+}
+
+// fetchAll adds m on every node, waits for each to complete and checks
+// each archive against data.
+func fetchAll(t *testing.T, nodes []*Swarm, m *core.Manifest, data []byte) []*Transfer {
+	t.Helper()
+	ctx := context.Background()
 	xs := make([]*Transfer, len(nodes))
 	for i, s := range nodes {
 		x, err := s.Add(ctx, m)
@@ -377,54 +403,5 @@ func TestPeerSetBoundsConnections(t *testing.T) {
 			t.Fatalf("node %d: archive differs", i)
 		}
 	}
-	opened, offered := int64(0), int64(0)
-	for _, s := range nodes {
-		c := s.Counters()
-		opened += c["conns_opened"]
-		offered += c["peers_offered"]
-	}
-	// Each connection is counted by both ends.
-	t.Logf("12 hosts, peer set 2: %d connections opened, %d offers", opened/2, offered)
-	if opened/2 >= 33 {
-		t.Errorf("%d connections for 12 hosts with a peer set of 2; want well under a full mesh's 66", opened/2)
-	}
-}
-
-// With the hand-out off the origin is a plain seed: no host asks it for
-// slices, every host takes pieces from it (and each other) as torrent
-// peers, and the build still arrives whole.
-func TestHandoutOff(t *testing.T) {
-	ctx := context.Background()
-	var asked atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		asked.Add(1)
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}))
-	defer srv.Close()
-	nodes := startSwarms(t, 3, 48, zerolog.Nop(), func(s *Swarm) {
-		s.cfg.Handout.Off = true
-		s.SetOriginURL(func(origin, service, build string) string { return srv.URL })
-	})
-	m, data := publish(t, nodes[0], 2<<20+5)
-	for i, s := range nodes {
-		x, err := s.Add(ctx, m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
-		err = x.Wait(wctx)
-		wcancel()
-		if err != nil {
-			t.Fatalf("node %d: %v", i, err)
-		}
-		if got, _ := os.ReadFile(x.Path()); string(got) != string(data) {
-			t.Fatalf("node %d: archive differs", i)
-		}
-		if x.avoidOrigin.Load() || len(x.slice) > 0 {
-			t.Errorf("node %d pulled a slice (%d pieces) or kept the origin out with the hand-out off", i, len(x.slice))
-		}
-	}
-	if asked.Load() != 0 {
-		t.Errorf("the origin's hand-out was asked %d times with it off", asked.Load())
-	}
+	return xs
 }
