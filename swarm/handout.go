@@ -82,10 +82,17 @@ func (h *Handout) applyDefaults() {
 }
 
 func (h Handout) validate() error {
-	if h.Streams < 0 || h.Streams > 64 || h.Retries < 0 || h.Stall < 0 || h.StallEmpty < 0 || h.OriginWait < 0 {
-		return fmt.Errorf("swarm: handout: streams must be 1..64 and retries and durations not negative (got %+v)", h)
+	var errs []error
+	if h.Streams < 0 || h.Streams > 64 {
+		errs = append(errs, fmt.Errorf("swarm: handout: streams %d: want 1 to 64", h.Streams))
 	}
-	return nil
+	if h.Retries < 0 {
+		errs = append(errs, fmt.Errorf("swarm: handout: retries %d: want 1 or more", h.Retries))
+	}
+	if h.Stall < 0 || h.StallEmpty < 0 || h.OriginWait < 0 {
+		errs = append(errs, fmt.Errorf("swarm: handout: stall %s, stall_empty %s, origin_wait %s: durations must not be negative", h.Stall.D(), h.StallEmpty.D(), h.OriginWait.D()))
+	}
+	return errors.Join(errs...)
 }
 
 // Polling intervals of the hand-out, short against any transfer.
