@@ -166,10 +166,7 @@ func TestDrainUndoneDuringShutdown(t *testing.T) {
 // A damaged live release is reported, not replaced under the service.
 func TestPowerLossDamagedReleaseIsInstalledAgain(t *testing.T) {
 	s, root := newStore(t)
-	src := t.TempDir()
-	mkTree(t, src, "A")
-	arch := filepath.Join(t.TempDir(), "a.tar")
-	sum := packFile(t, src, arch)
+	src, arch, sum := packedTree(t, "A")
 	ctx := context.Background()
 	for _, b := range []string{"v1", "v2"} {
 		if _, err := s.Install(ctx, b, arch, sum, NoLimits); err != nil {
@@ -235,10 +232,7 @@ func sameFiles(t *testing.T, a, b string) {
 // disk damaged), and damage to them is still found.
 func TestSHA256SealOfEarlierVersionsIsStillChecked(t *testing.T) {
 	s, root := newStore(t)
-	src := t.TempDir()
-	mkTree(t, src, "A")
-	arch := filepath.Join(t.TempDir(), "a.tar")
-	sum := packFile(t, src, arch)
+	_, arch, sum := packedTree(t, "A")
 	if _, err := s.Install(context.Background(), "v1", arch, sum, NoLimits); err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,16 @@ func mkTree(t *testing.T, dir, tag string) {
 	}
 }
 
+// packedTree makes a tree tagged tag, packs it into a temp archive and
+// returns the tree, the archive and its SHA-256.
+func packedTree(t *testing.T, tag string) (src, arch, sum string) {
+	t.Helper()
+	src = t.TempDir()
+	mkTree(t, src, tag)
+	arch = filepath.Join(t.TempDir(), tag+".tar")
+	return src, arch, packFile(t, src, arch)
+}
+
 func packFile(t *testing.T, src, dst string) string {
 	t.Helper()
 	var buf bytes.Buffer
@@ -150,10 +160,7 @@ func TestInstallVerifyFailureLeavesNothing(t *testing.T) {
 // nothing behind.
 func TestInstallCorruptArchiveFailsVerification(t *testing.T) {
 	s, root := newStore(t)
-	src := t.TempDir()
-	mkTree(t, src, "v1")
-	arch := filepath.Join(t.TempDir(), "v1.tar")
-	sum := packFile(t, src, arch)
+	_, arch, sum := packedTree(t, "v1")
 	b, err := os.ReadFile(arch)
 	if err != nil {
 		t.Fatal(err)
