@@ -39,7 +39,7 @@ func newOriginServer(a *Agent) *originServer {
 }
 
 // originURL tells the swarm where a build's archive can be pulled from its
-// origin (for origin slices; see swarm/slice.go).
+// origin (for origin slices; see swarm/handout.go).
 func (a *Agent) originURL(origin, service, build string) string {
 	if m, ok := a.swarm.Member(origin); ok && m.State == "alive" {
 		if base := swarm.PeerAPIURL(m); base != "" {
@@ -114,7 +114,7 @@ func (o *originServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // next hands a fetching host the next piece of a build to pull from here
-// (see swarm/slice.go): 200 {"piece": i}, or 204 once all are handed out.
+// (see swarm/handout.go): 200 {"piece": i}, or 204 once all are handed out.
 func (o *originServer) next(w http.ResponseWriter, r *http.Request) {
 	service, build := r.PathValue("service"), r.PathValue("build")
 	if o.a.trustedManifest(service, build) == nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/shoal-deploy/shoal/core"
 	"github.com/shoal-deploy/shoal/fleet"
 	"github.com/shoal-deploy/shoal/signal"
+	"github.com/shoal-deploy/shoal/swap"
 	"github.com/shoal-deploy/shoal/swarm"
 )
 
@@ -474,11 +475,10 @@ func (r *Result) bound(cfg Config) {
 // directory's disk: each keeps up to three builds (the agents run with
 // --keep 2, plus the one being fetched), an archive and a release each.
 func checkRoom(work string, hosts int, cfg Config) error {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(work, &st); err != nil {
+	free, err := swap.FreeBytes(work)
+	if err != nil {
 		return nil // cannot tell; the run will say
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
 	need := int64(hosts) * 2 * cfg.Size * int64(min(cfg.Runs, 3))
 	if need > free {
 		return fmt.Errorf("bench: a fleet of %d hosts needs about %d MB in %s for %d runs of %d MB (%d MB free): use fewer hosts or runs, or point TMPDIR at a larger disk",

@@ -61,7 +61,7 @@ type Swarm struct {
 	http     *http.Client    // to members, from the bind address; 2 min limit
 	httpLong *http.Client    // the same without a time limit (whole archives)
 	dialer   *net.Dialer     // from the bind address
-	// originURL locates a build's archive on its origin (see slice.go).
+	// originURL locates a build's archive on its origin (see handout.go).
 	originURL OriginURL
 	repairSrc RepairSource // the origin's publish directories (see heal.go)
 	logw      *io.PipeWriter

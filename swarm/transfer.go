@@ -134,7 +134,7 @@ type Transfer struct {
 	lastGain  time.Time
 
 	// slice lists the pieces this host pulled from the origin over HTTP
-	// (see slice.go); avoidOrigin keeps the origin out of its torrent peers
+	// (see handout.go); avoidOrigin keeps the origin out of its torrent peers
 	// meanwhile, so the origin sends each piece once.
 	slice       []int
 	avoidOrigin atomic.Bool
