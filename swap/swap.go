@@ -237,10 +237,14 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	}
 	// Every file of the release on disk before it is renamed into place:
 	// after a power loss a release is either absent or complete.
-	if err := syncTree(tmp); err != nil {
+	paths, err := treePaths(tmp)
+	if err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	digest, err := sealDigest(tmp)
+	if err := syncTree(tmp, paths); err != nil {
+		return st, fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	digest, err := sealDigest(tmp, paths)
 	if err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
@@ -358,13 +362,9 @@ func (s *Store) Remove(build string) error {
 // on a fleet host that is the service's own dirty data as well (a
 // writeback storm under the running service at every deploy), and this
 // host's fetched archive, which needs no flush (after a crash its pieces
-// are hashed again before they are served).
-func syncTree(dir string) error {
-	paths, err := treePaths(dir)
-	if err != nil {
-		return fmt.Errorf("swap: sync %s: %w", dir, err)
-	}
-	paths = append(paths, dir)
+// are hashed again before they are served). paths is the tree's treePaths.
+func syncTree(dir string, paths []string) error {
+	paths = append(paths[:len(paths):len(paths)], dir) // a copy: the caller's slice goes on to the seal
 	work := make(chan string)
 	errs := make(chan error, syncWorkers)
 	for range syncWorkers {
@@ -382,6 +382,7 @@ func syncTree(dir string) error {
 		work <- p
 	}
 	close(work)
+	var err error
 	for range syncWorkers {
 		if e := <-errs; e != nil && err == nil {
 			err = e
