@@ -58,9 +58,36 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	resp, err := c.send(ctx, method, path, rd)
 	if err != nil {
 		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(b, out)
+}
+
+// Download copies the answer to GET path into w (a profile, say); errors
+// as Do's.
+func (c *Client) Download(ctx context.Context, path string, w io.Writer) error {
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// send makes one request with the token and turns a failure to connect or
+// a non-2xx answer into an error; the caller closes the body.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if c.token != "" {
@@ -69,23 +96,20 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
-		return fmt.Errorf("cannot reach the shoal agent at %s: %w (is `shoal agent` running? set --api or SHOAL_API)", c.addr, err)
+		return nil, fmt.Errorf("cannot reach the shoal agent at %s: %w (is `shoal agent` running? set --api or SHOAL_API)", c.addr, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 		var e apiError
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return nil, errors.New(e.Error)
 		}
-		return fmt.Errorf("agent at %s: %s %s: %s", c.addr, method, path, resp.Status)
+		return nil, fmt.Errorf("agent at %s: %s %s: %s", c.addr, method, path, resp.Status)
 	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(b, out)
+	return resp, nil
 }
 
 // Fleet returns every member's status, gathered by this agent.

@@ -3,8 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,8 +11,8 @@ import (
 	"github.com/shoal-deploy/shoal/fleet"
 )
 
-// api talks to an agent; publishing a large build can take a while.
-// api is a client for one of the fleet's agents, with the fleet's token.
+// api is a client for one of the fleet's agents, with the fleet's token;
+// publishing a large build can take a while.
 func api(f *fleet.Fleet, a *fleet.Agent) *agent.Client {
 	return agent.NewClient(a.API, 10*time.Minute).WithToken(f.Secrets.Token())
 }
@@ -29,24 +27,11 @@ func profile(ctx context.Context, cfg Config, f *fleet.Fleet, method string, n, 
 	a := f.Agents[(n+1)/2]
 	name := fmt.Sprintf("profile-%s-n%d-r%d-%s", method, n, run, a.Spec.Node)
 	get := func(path, file string) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.API+path, nil)
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+f.Secrets.Token())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", path, resp.Status)
-		}
 		out, err := os.Create(filepath.Join(cfg.Out, file))
 		if err != nil {
 			return err
 		}
-		_, err = io.Copy(out, resp.Body)
+		err = api(f, a).Download(ctx, path, out)
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
