@@ -52,21 +52,21 @@ type ModelConfig struct {
 
 // ModelResult is one fleet size.
 type ModelResult struct {
-	N           int     `json:"n"`
-	Pieces      int     `json:"pieces"`
-	PieceLength int64   `json:"piece_length"`
-	Bound       float64 `json:"bound_s"` // fluid bound S/u
-	// Completion in seconds and as a multiple of the bound.
-	P50, P99, P999, Max             float64 `json:"-"`
-	P50x, P99x, P999x, MaxX         float64
-	DegreeMean                      float64 // connections per host
-	DegreeMax                       int
-	HavesPerHost, RequestsPerHost   float64
-	OriginX                         float64 // origin upload / S
-	GossipRounds                    int     // rounds until every node knew (or gossip stopped)
-	GossipMissed                    int     // nodes gossip never reached (push/pull does)
-	GossipSeconds, PushPullInterval float64
-	HostCPUSeconds                  float64
+	N           int
+	Pieces      int
+	PieceLength int64
+	Bound       float64 // fluid bound S/u, seconds
+	// Completion of the hosts (p50, p99, p99.9, the last) as a multiple of
+	// the bound.
+	P50x, P99x, P999x, MaxX       float64
+	DegreeMean                    float64 // connections per host
+	DegreeMax                     int
+	HavesPerHost, RequestsPerHost float64
+	OriginX                       float64 // origin upload / S
+	GossipRounds                  int     // gossip intervals until no node had the fact left to send
+	GossipMissed                  int     // nodes gossip never reached (push/pull does)
+	PushPullInterval              float64 // seconds
+	HostCPUSeconds                float64
 }
 
 // Model runs the simulations for every fleet size.
@@ -86,12 +86,11 @@ func modelOne(cfg ModelConfig, n int) ModelResult {
 	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(n)))
 	sw := newSwarmSim(n, p, cfg.PeerSet, rng)
 	rounds, originSent := sw.run()
-	done := make([]float64, n)
+	done := make([]float64, n) // × the bound
 	for i, d := range rounds {
-		done[i] = float64(d) * tau
+		done[i] = float64(d) * tau / r.Bound
 	}
-	r.P50, r.P99, r.P999, r.Max = Percentile(done, 50), Percentile(done, 99), Percentile(done, 99.9), slices.Max(done)
-	r.P50x, r.P99x, r.P999x, r.MaxX = r.P50/r.Bound, r.P99/r.Bound, r.P999/r.Bound, r.Max/r.Bound
+	r.P50x, r.P99x, r.P999x, r.MaxX = Percentile(done, 50), Percentile(done, 99), Percentile(done, 99.9), slices.Max(done)
 	deg := 0
 	for _, a := range sw.adj {
 		deg += len(a)
@@ -102,7 +101,6 @@ func modelOne(cfg ModelConfig, n int) ModelResult {
 	r.RequestsPerHost = float64(cfg.Size) / float64(swarm.ChunkSize(pl))
 	r.OriginX = float64(originSent) / float64(p)
 	r.GossipRounds, r.GossipMissed = gossipSim(n, rng)
-	r.GossipSeconds = float64(r.GossipRounds) * 0.1
 	r.PushPullInterval = pushPullInterval(n)
 	if cfg.HostCPUPerGB > 0 {
 		r.HostCPUSeconds = cfg.HostCPUPerGB * float64(cfg.Size) / 1e9
@@ -258,6 +256,9 @@ func (s *swarmSim) rarest(cand []uint64) int {
 	return best
 }
 
+// gossipInterval is memberlist's GossipInterval as Shoal sets it, seconds.
+const gossipInterval = 0.1
+
 // gossipSim spreads one fact with memberlist's defaults as Shoal sets
 // them (GossipNodes 4 per 100 ms, RetransmitMult 6) and returns the
 // rounds until no node is left to send it, and how many never heard it.
@@ -316,7 +317,7 @@ func WriteModel(w io.Writer, cfg ModelConfig, rs []ModelResult) error {
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%.2f×S\t%.1fs\t%d\t%.0fs\t%s\t\n",
 			r.N, r.Pieces, r.Bound, r.P50x, r.P99x, r.P999x, r.MaxX, r.DegreeMean, r.DegreeMax,
-			r.HavesPerHost, r.RequestsPerHost, r.OriginX, r.GossipSeconds, r.GossipMissed, r.PushPullInterval, cpu)
+			r.HavesPerHost, r.RequestsPerHost, r.OriginX, float64(r.GossipRounds)*gossipInterval, r.GossipMissed, r.PushPullInterval, cpu)
 	}
 	return tw.Flush()
 }
