@@ -231,7 +231,7 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 		off := int64(i) * pl
 		n := min(pl, x.m.Size-off)
 		began := time.Now()
-		for attempt := 0; attempt < max(s.cfg.Handout.Retries, 1); attempt++ {
+		for attempt := 0; attempt < s.cfg.Handout.Retries; attempt++ {
 			if err = s.getParallel(ctx, url, off, buf[:n]); err == nil || ctx.Err() != nil {
 				break
 			}
@@ -295,7 +295,7 @@ func (s *Swarm) askNext(ctx context.Context, url string) (int, bool, error) {
 // getParallel fills dst from [off, off+len(dst)) with up to
 // Handout.Streams concurrent range requests.
 func (s *Swarm) getParallel(ctx context.Context, url string, off int64, dst []byte) error {
-	parts := max(s.cfg.Handout.Streams, 1)
+	parts := s.cfg.Handout.Streams
 	if len(dst) < parts*(64<<10) {
 		parts = 1
 	}
