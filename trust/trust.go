@@ -116,7 +116,7 @@ func clip(s string) string {
 }
 
 // ReadValue returns v itself, or the trimmed content of the file v names
-// when v starts with '@' or is an existing absolute path. Config values
+// when v starts with '@' or is an absolute path to a file (see below). Config values
 // for keys and tokens take either form.
 func ReadValue(v string) (string, error) {
 	path := ""
@@ -124,7 +124,14 @@ func ReadValue(v string) (string, error) {
 	case strings.HasPrefix(v, "@"):
 		path = v[1:]
 	case filepath.IsAbs(v):
-		path = v
+		// A base64 key or token may start with '/' (one generated gossip
+		// key in 64 does), and such a value was read as a path and
+		// refused: an absolute value is a path when that file exists or
+		// the value cannot be base64 (it holds a '.', say),
+		// so a missing key file is still reported as one.
+		if _, err := os.Stat(v); err == nil || strings.ContainsFunc(v, notBase64) {
+			path = v
+		}
 	}
 	if path == "" {
 		return strings.TrimSpace(v), nil
@@ -134,6 +141,11 @@ func ReadValue(v string) (string, error) {
 		return "", fmt.Errorf("trust: read %s: %w", path, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// notBase64 is true for a rune no base64 alphabet (standard or URL) has.
+func notBase64(r rune) bool {
+	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || strings.ContainsRune("+/=-_", r))
 }
 
 // signedFields is what a signature covers: every manifest field but the

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -159,5 +161,28 @@ func TestParseGossipKeys(t *testing.T) {
 func TestTokenEqual(t *testing.T) {
 	if !TokenEqual("secret-token-123", "secret-token-123") || TokenEqual("x", "secret-token-123") || TokenEqual("", "") {
 		t.Error("TokenEqual wrong")
+	}
+}
+
+// A key or token whose base64 starts with '/' is a value, not a path (the
+// agent refused one generated gossip key in 64); a path to a missing file
+// is still reported as a file that cannot be read.
+func TestReadValueSlashKey(t *testing.T) {
+	const key = "/Q7Qe1Cvvf/pcMAeVvoBY9LF3na1/IseH0sCxhwoyeY="
+	if v, err := ReadValue(key); err != nil || v != key {
+		t.Errorf("ReadValue(%q) = %q, %v; want the value itself", key, v, err)
+	}
+	if _, err := ParseGossipKeys(key); err != nil {
+		t.Errorf("a gossip key starting with '/': %v", err)
+	}
+	if _, err := ReadValue("/etc/shoal-missing/gossip.key"); err == nil || !strings.Contains(err.Error(), "gossip.key") {
+		t.Errorf("a missing key file: %v, want a read error naming it", err)
+	}
+	f := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(f, []byte(" "+key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := ReadValue(f); err != nil || v != key {
+		t.Errorf("ReadValue(existing file) = %q, %v", v, err)
 	}
 }
