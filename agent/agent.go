@@ -556,29 +556,11 @@ func (a *Agent) Status() Status {
 	return st
 }
 
-// writeFileAtomic replaces path with b via a temp file and rename, so
-// readers and a restarted agent see the old or the new content, never a
-// mix. With durable it also fsyncs, to survive a power loss; state that is
-// cheap to rebuild skips that (an fsync per transition on 40 busy agents
-// sharing a disk delayed the start of fetches by hundreds of milliseconds).
+// writeFileAtomic replaces path with b atomically (swap.WriteFile),
+// readable by the agent's user only.
 func writeFileAtomic(path string, b []byte, durable bool) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("agent: write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(b)
-	if err == nil && durable {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		return fmt.Errorf("agent: write %s: %w", path, err)
+	if err := swap.WriteFile(path, b, 0o600, durable); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
 }

@@ -23,7 +23,10 @@ import (
 
 var consulAddr string
 
-func TestMain(m *testing.M) { os.Exit(fleet.RunWithConsul(m, &consulAddr)) }
+func TestMain(m *testing.M) {
+	swarm.ExecWithClassicFileIO() // the file I/O the agent runs
+	os.Exit(fleet.RunWithConsul(m, &consulAddr))
+}
 
 // Two agents in one process (so the race detector sees the state machine,
 // the watch, the API and the swarm together): publish on one, deploy, both

@@ -426,29 +426,45 @@ func syncPath(p string) error {
 	return nil
 }
 
-// writeDurable writes b to path through a temp file, fsynced, renamed.
-func writeDurable(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+// WriteFile replaces path with b through a temp file in the same
+// directory and a rename, so readers and a restarted agent see the old or
+// the new content, never a mix. With durable it fsyncs the file before
+// the rename and the directory after it, so the new content survives a
+// power loss; state that is cheap to rebuild skips that (an fsync per
+// transition on 40 busy agents sharing a disk delayed the start of
+// fetches by hundreds of milliseconds). The temp name is unique, so two
+// writers of one path never write into each other's temp file. The file
+// gets perm.
+func WriteFile(path string, b []byte, perm fs.FileMode, durable bool) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return err
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
+	defer os.Remove(tmp.Name()) // a no-op once renamed
+	_, err = tmp.Write(b)
+	if err == nil && durable {
+		err = tmp.Sync()
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = os.Chmod(tmp.Name(), perm)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
-		return err
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	if durable {
+		return syncDir(filepath.Dir(path))
+	}
+	return nil
 }
+
+// writeDurable is WriteFile that survives a power loss.
+func writeDurable(path string, b []byte) error { return WriteFile(path, b, 0o644, true) }
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -287,3 +287,30 @@ func TestPruneKeepsCurrentAndPrevious(t *testing.T) {
 		t.Errorf("prune removed current or previous: installed %v", s.Installed())
 	}
 }
+
+// WriteFile replaces a file whole, with the mode asked for, and leaves no
+// temp file behind, durable or not.
+func TestWriteFileReplacesWhole(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	for i, c := range []struct {
+		body    string
+		perm    os.FileMode
+		durable bool
+	}{{"first", 0o600, false}, {"second, longer", 0o644, true}, {"3", 0o600, true}} {
+		if err := WriteFile(p, []byte(c.body), c.perm, c.durable); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		fi, serr := os.Stat(p)
+		if err != nil || serr != nil || string(b) != c.body || fi.Mode().Perm() != c.perm {
+			t.Fatalf("write %d: read %q (%v), mode %v (%v); want %q, %v", i, b, err, fi.Mode(), serr, c.body, c.perm)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Fatalf("write %d left %d entries in the directory, want 1", i, len(ents))
+		}
+	}
+	if err := WriteFile(filepath.Join(dir, "missing", "x"), []byte("y"), 0o644, true); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("writing into a missing directory: %v", err)
+	}
+}
