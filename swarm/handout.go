@@ -246,12 +246,8 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 		x.mu.Lock()
 		x.from[x.m.Origin] += n
 		x.mu.Unlock()
-		if _, err := x.t.Piece(i).Storage().WriteAt(buf[:n], 0); err != nil {
-			x.onWriteError(err)
-			return slowest, fmt.Errorf("piece %d: write: %w", i, err)
-		}
-		if err := x.verify(func() error { return x.t.Piece(i).VerifyDataContext(ctx) }); err != nil {
-			return slowest, fmt.Errorf("piece %d: verify: %w", i, err)
+		if err := x.storePiece(ctx, i, buf[:n]); err != nil {
+			return slowest, err
 		}
 		if !x.waitPieceComplete(ctx, i) {
 			if m, ok := s.Member(x.m.Origin); ok {
@@ -260,6 +256,25 @@ func (s *Swarm) pullSlice(ctx context.Context, x *Transfer, url string) (slowest
 			return slowest, fmt.Errorf("piece %d from the origin failed its hash check (state %+v)", i, x.t.PieceState(i))
 		}
 	}
+}
+
+// storePiece writes piece i, pulled from the origin, through the engine's
+// storage and has the engine verify it — unless the build was let go
+// meanwhile: the write happens under the same guard as the verification,
+// so it cannot land after Drop removed the archive (the storage opens the
+// file with O_CREATE, and a superseded fetch's last slice piece recreated
+// an archive of a build that was dropped).
+func (x *Transfer) storePiece(ctx context.Context, i int, b []byte) error {
+	return x.verify(func() error {
+		if _, err := x.t.Piece(i).Storage().WriteAt(b, 0); err != nil {
+			x.onWriteError(err)
+			return fmt.Errorf("piece %d: write: %w", i, err)
+		}
+		if err := x.t.Piece(i).VerifyDataContext(ctx); err != nil {
+			return fmt.Errorf("piece %d: verify: %w", i, err)
+		}
+		return nil
+	})
 }
 
 // askNext asks the origin which piece to pull next.

@@ -276,6 +276,33 @@ func TestVerifyAfterDropDoesNotFreeze(t *testing.T) {
 	}
 }
 
+// A slice piece that arrives after its build was let go is not written:
+// the storage would create the archive again (a superseded fetch's last
+// piece did, and e2e/TestSupersededFetchIsLetGo found the dropped build's
+// archive back on disk).
+func TestSlicePieceAfterDropIsNotWritten(t *testing.T) {
+	ctx := context.Background()
+	nodes := startSwarms(t, 1, 44, zerolog.Nop(), nil)
+	s := nodes[0]
+	m, data := publish(t, s, 1<<20)
+	x, err := s.Add(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Drop(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.storePiece(ctx, 0, data[:m.PieceLength]); !errors.Is(err, ErrClosed) {
+		t.Errorf("storing a piece after the drop: %v, want ErrClosed", err)
+	}
+	if _, err := os.Stat(s.ArchivePath(m.Service, m.Build)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the dropped build's archive is on disk again (%v)", err)
+	}
+}
+
 // An origin whose copy went bad after publish checks each piece before it
 // hands it out: the bad one is kept back, repaired from the repair source
 // (the agent packs the publish directory again), and handed out later.
