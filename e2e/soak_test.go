@@ -15,10 +15,11 @@ import (
 	"github.com/shoal-deploy/shoal/fleet"
 )
 
-// usage is what an agent process holds: anonymous resident memory (not
-// the lifetime peak), goroutines and open files.
+// usage is what an agent process holds: its live heap after a full
+// garbage collection, anonymous resident memory (not the lifetime peak),
+// goroutines and open files.
 type usage struct {
-	rssAnonKiB, goroutines, fds int
+	heapKiB, rssAnonKiB, goroutines, fds int
 }
 
 func measure(t *testing.T, f *fleet.Fleet, a *fleet.Agent) usage {
@@ -49,26 +50,51 @@ func measure(t *testing.T, f *fleet.Fleet, a *fleet.Agent) usage {
 			u.goroutines, _ = strconv.Atoi(strings.TrimSpace(v))
 		}
 	}
+	// The heap profile with gc=1 collects first; its text form ends with
+	// runtime.MemStats, whose HeapAlloc is then the live heap. Asked twice:
+	// a sync.Pool keeps what it held through one collection, and the
+	// agent's pooled 1 MiB copy buffers made the heap jump by 1 MiB steps.
+	var prof []byte
+	var status string
+	for range 2 {
+		req, _ = http.NewRequest("GET", "http://"+a.API+"/debug/pprof/heap?debug=1&gc=1", nil)
+		req.Header.Set("Authorization", "Bearer "+f.Secrets.Token())
+		hresp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prof, _ = io.ReadAll(hresp.Body)
+		hresp.Body.Close()
+		status = hresp.Status
+	}
+	for _, line := range strings.Split(string(prof), "\n") {
+		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			u.heapKiB = n >> 10
+		}
+	}
+	if u.heapKiB == 0 {
+		t.Fatalf("%s: no HeapAlloc in its heap profile (%s): %.200s", a.Spec.Node, status, prof)
+	}
 	return u
 }
 
 // A year of deploys in miniature: SHOAL_SOAK_DEPLOYS (default 30, at
 // least 12) consecutive deploys of 8 MB builds to a small fleet; every
 // agent is measured after every third. Goroutines and open files after
-// the last deploy are those after the third. Anonymous RSS is compared
-// over windows, the mean of the last three samples against the mean of
-// the three after deploys 6-12: at this scale (an agent's heap is ~10 MB)
-// the first deploys grow it to its working size — measured on one host,
-// 9.4 MB after deploy 3, then 9.4-11.9 MB from deploy 6 to 30 — and one
-// sample jitters by ±1.5 MB with the garbage collector, so "within 20 %
-// of after the third" would measure the warm-up and the noise, not
-// accumulation per build.
+// the last deploy are those after the third. Memory is the live heap
+// after a forced collection, compared over windows: the mean of the last
+// three samples against the mean of the three after deploys 6-12 (the
+// first deploys grow it to its working size). Anonymous RSS is logged but
+// not compared: it moves by ±4 MB on a ~14 MB agent with the collector's
+// timing, and a 20 % bound on it failed 2 CI runs in 3 with the same code
+// whose live heap stayed flat (it was ±1.5 MB when this test was written).
 func TestSoakDeploys(t *testing.T) {
 	n := 30
 	if v, err := strconv.Atoi(os.Getenv("SHOAL_SOAK_DEPLOYS")); err == nil && v >= 12 {
 		n = v - v%3
 	}
-	f := startFleet(t, 3, 43, func(int) []string { return []string{"--service", "web", "--keep", "3"} })
+	f := startFleet(t, 3, 43, func(int) []string { return []string{"--service", "web", "--keep", "3", "--pprof"} })
 	samples := make([][]usage, len(f.Agents)) // per agent, after deploys 3, 6, 9, …
 	for i := 1; i <= n; i++ {
 		build := fmt.Sprintf("s%d", i)
@@ -90,7 +116,7 @@ func TestSoakDeploys(t *testing.T) {
 	mean := func(us []usage) float64 {
 		var sum float64
 		for _, u := range us {
-			sum += float64(u.rssAnonKiB)
+			sum += float64(u.heapKiB)
 		}
 		return sum / float64(len(us))
 	}
@@ -98,12 +124,12 @@ func TestSoakDeploys(t *testing.T) {
 		s := samples[j]
 		var series []string
 		for k, u := range s {
-			series = append(series, fmt.Sprintf("%d:%dK/%dg/%df", 3*(k+1), u.rssAnonKiB, u.goroutines, u.fds))
+			series = append(series, fmt.Sprintf("%d:%dK/%dK/%dg/%df", 3*(k+1), u.heapKiB, u.rssAnonKiB, u.goroutines, u.fds))
 		}
-		t.Logf("%s (deploy:RssAnon/goroutines/fds) %s", a.Spec.Node, strings.Join(series, " "))
+		t.Logf("%s (deploy:live heap/RssAnon/goroutines/fds) %s", a.Spec.Node, strings.Join(series, " "))
 		early, late := mean(s[1:4]), mean(s[len(s)-3:])
 		if late > 1.2*early {
-			t.Errorf("%s: RssAnon grew from a mean of %.0f KiB (deploys 6-12) to %.0f KiB (last three samples)", a.Spec.Node, early, late)
+			t.Errorf("%s: the live heap grew from a mean of %.0f KiB (deploys 6-12) to %.0f KiB (last three samples)", a.Spec.Node, early, late)
 		}
 		first, last := s[0], s[len(s)-1]
 		if last.goroutines > first.goroutines+5 {
