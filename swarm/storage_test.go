@@ -1,41 +1,98 @@
 package swarm
 
 import (
+	"context"
 	"testing"
 
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
+	"github.com/rs/zerolog"
 )
 
-// The file storage must not see the piece database as persistent (with
-// classic file I/O it then fsyncs the whole archive at every completed
-// piece), while the database still remembers completed pieces across a
-// restart: what a crash dropped is found by re-hashing before serving
+// The piece database reads what the engine's bolt database wrote (hosts
+// upgraded keep their pieces), remembers across a reopen, forgets a build
+// on request, and tells the file storage it is not persistent (with classic
+// file I/O the storage then fsyncs the whole archive at every completed
+// piece); what a crash dropped is found by re-hashing before serving
 // (e2e/TestRestartedSeedChecksBeforeServing), not by a per-piece fsync.
-func TestPieceDatabaseRemembersWithoutPerPieceFsync(t *testing.T) {
+func TestPieceDatabase(t *testing.T) {
 	dir := t.TempDir()
-	bolt, err := storage.NewBoltPieceCompletion(dir)
+	old, err := storage.NewBoltPieceCompletion(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pc storage.PieceCompletion = unflushedCompletion{bolt}
+	a := metainfo.PieceKey{InfoHash: metainfo.Hash{1, 2, 3}, Index: 7}
+	b := metainfo.PieceKey{InfoHash: metainfo.Hash{4, 5, 6}, Index: 0}
+	for _, pk := range []metainfo.PieceKey{a, b} {
+		if err := old.Set(pk, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := openPieceDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pc storage.PieceCompletion = db
 	if p, ok := pc.(storage.PieceCompletionPersistenter); !ok || p.Persistent() {
-		t.Fatalf("the storage sees a persistent piece database (%T): it fsyncs the archive at every piece", pc)
+		t.Fatalf("the storage sees a persistent piece database: it fsyncs the archive at every piece")
 	}
-	key := metainfo.PieceKey{InfoHash: metainfo.Hash{1, 2, 3}, Index: 7}
-	if err := pc.Set(key, true); err != nil {
+	for _, pk := range []metainfo.PieceKey{a, b} {
+		if c, err := db.Get(pk); err != nil || !c.Ok || !c.Complete {
+			t.Fatalf("piece %v written by the engine's database reads %+v (%v); want complete", pk, c, err)
+		}
+	}
+	if err := db.Set(metainfo.PieceKey{InfoHash: a.InfoHash, Index: 8}, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := bolt.Close(); err != nil {
+	if c, _ := db.Get(metainfo.PieceKey{InfoHash: a.InfoHash, Index: 8}); !c.Ok || c.Complete {
+		t.Fatalf("a piece set incomplete reads %+v", c)
+	}
+	if err := db.Forget(a.InfoHash); err != nil {
 		t.Fatal(err)
 	}
-	again, err := storage.NewBoltPieceCompletion(dir)
+	if err := db.Forget(metainfo.Hash{9}); err != nil { // never seen: nothing to do
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = openPieceDB(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer again.Close()
-	c, err := again.Get(key)
-	if err != nil || !c.Ok || !c.Complete {
-		t.Fatalf("after reopening, piece 7 is %+v (%v); want complete", c, err)
+	defer db.Close()
+	if c, _ := db.Get(a); c.Ok {
+		t.Errorf("a forgotten build's piece still reads %+v", c)
+	}
+	if c, _ := db.Get(b); !c.Ok || !c.Complete {
+		t.Errorf("another build's piece reads %+v after a forget; want complete", c)
+	}
+}
+
+// Dropping a build forgets its pieces in the database (the engine's
+// database kept a bucket for every build a host ever fetched).
+func TestDropForgetsPieces(t *testing.T) {
+	ctx := context.Background()
+	s := startSwarms(t, 1, 44, zerolog.Nop(), nil)[0]
+	m, _ := publish(t, s, 1<<20)
+	x, err := s.Add(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pk := metainfo.PieceKey{InfoHash: metainfo.NewHashFromHex(m.InfoHash), Index: 0}
+	if c, _ := s.pc.Get(pk); !c.Ok || !c.Complete {
+		t.Fatalf("piece 0 of a complete build reads %+v", c)
+	}
+	if err := s.Drop(m); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := s.pc.Get(pk); c.Ok {
+		t.Errorf("piece 0 of the dropped build still reads %+v", c)
 	}
 }

@@ -51,7 +51,7 @@ type Swarm struct {
 	log zerolog.Logger
 	ml  *memberlist.Memberlist
 	cl  *torrent.Client
-	pc  storage.PieceCompletion
+	pc  *pieceDB
 
 	guard    *ipGuard        // only members' IPs reach the engine
 	auth     *trust.PeerAuth // signs and checks peer API requests
@@ -116,7 +116,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	if err := os.MkdirAll(archives, 0o755); err != nil {
 		return nil, fmt.Errorf("swarm: %w", err)
 	}
-	pc, err := storage.NewBoltPieceCompletion(archives)
+	pc, err := openPieceDB(archives)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: piece database in %s: %w (is another agent using this data dir?)", archives, err)
 	}
@@ -125,7 +125,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.DefaultStorage = exactHashStorage{storage.NewFileOpts(storage.NewFileClientOpts{
 		// v1.61 logs a spurious flush warning for .part paths even with part
 		// files off: the storage's log is discarded (the engine's is not).
-		ClientBaseDir: archives, PieceCompletion: unflushedCompletion{pc}, UsePartFiles: falseOpt(), Logger: discard,
+		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(), Logger: discard,
 		TorrentDirMaker: func(base string, _ *metainfo.Info, _ metainfo.Hash) string { return base },
 	})}
 	tc.ListenHost = func(string) string { return cfg.BindAddr }
@@ -443,21 +443,6 @@ func (s *Swarm) scrubOne(ctx context.Context, next int) int {
 	}
 	return next + 1
 }
-
-// unflushedCompletion is the piece database as the file storage sees it:
-// not persistent, so the storage does not fsync the archive each time a
-// piece completes (v1.61's MarkComplete does for a persistent database,
-// with classic file I/O: 39 fsyncs of the archive for a 12-piece build
-// fetched by 2 hosts in swarm/TestThreeNodeTransfer, none now; 0.7 of a
-// 20-host deploy's 26 CPU-s, and a journal commit each on the host's
-// disk). The database itself is unchanged and still remembers pieces
-// across restarts. What a crash may drop is found by hashing instead: a
-// restarted agent re-hashes every piece the database calls complete
-// before serving any (CheckBeforeServing), and the install checks the
-// archive's SHA-256 before unpacking it.
-type unflushedCompletion struct{ storage.PieceCompletion }
-
-func (unflushedCompletion) Persistent() bool { return false }
 
 // rejoinEvery is how often a member contacts its join addresses again.
 const rejoinEvery = 30 * time.Second

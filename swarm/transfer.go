@@ -381,6 +381,9 @@ func (s *Swarm) Drop(m *core.Manifest) error {
 	if err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("swarm: drop %s/%s: %w", m.Service, m.Build, err)
 	}
+	if err := s.pc.Forget(ih); err != nil {
+		return fmt.Errorf("swarm: drop %s/%s: piece database: %w", m.Service, m.Build, err)
+	}
 	return nil
 }
 
