@@ -378,9 +378,19 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			if errors.Is(err, swap.ErrVerifyFailed) && s.a.cfg.Fetch == FetchSwarm {
 				// The archive on disk is not what the pieces' hashes said
 				// when they arrived (a disk fault, or someone wrote to it):
-				// re-hash, and fetch the pieces that fail again.
-				if bad, rerr := s.a.swarm.Reverify(ctx, s.name, build); rerr == nil && bad > 0 {
+				// re-hash, and fetch the pieces that fail again. Pieces
+				// found bad just before (an origin checks each piece as it
+				// hands it out, and repairs the bad ones) are no longer
+				// complete, so the re-hash does not count them: the build
+				// not being complete is the same reason to try again. (An
+				// origin whose copy went bad right after publish failed its
+				// own install: e2e/TestCorruptOriginHeals, 1 CI run.)
+				bad, rerr := s.a.swarm.Reverify(ctx, s.name, build)
+				if rerr == nil && (bad > 0 || !s.a.swarm.Complete(s.name, build)) {
 					msg := fmt.Sprintf("verify %s: %d pieces of the archive on disk failed their hash; fetching them again", build, bad)
+					if bad == 0 {
+						msg = fmt.Sprintf("verify %s: pieces of the archive on disk found bad are being fetched or repaired again", build)
+					}
 					now := time.Now().UTC()
 					s.update(func(st *ServiceStatus) { st.LastError, st.LastErrorAt = msg, &now })
 					return fmt.Errorf("%w: %s", errRetry, msg)

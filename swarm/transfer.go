@@ -215,6 +215,13 @@ func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error
 	return x.reverify(ctx)
 }
 
+// Complete reports whether this host holds every piece of a build,
+// verified: false while pieces found bad are fetched or repaired again.
+func (s *Swarm) Complete(service, build string) bool {
+	x := s.transferOf(service, build)
+	return x != nil && x.t.Complete().Bool()
+}
+
 // reverify hashes every complete piece itself and hands only the ones
 // that fail to the engine to re-check (which marks them missing). Counting
 // incomplete pieces after the engine's own full re-hash missed them: on a
