@@ -367,13 +367,14 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			return err
 		}
 		s.to(core.StateVerifying, build, "")
-		install := func() (swap.Stats, error) {
-			return s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256, s.limits(m))
+		install := func() error {
+			st, err := s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256, s.limits(m))
+			if st.SpecialBitsDropped > 0 {
+				s.log.Warn().Str("build", build).Int("entries", st.SpecialBitsDropped).Msg("dropped setuid/setgid/sticky bits (set allow_setuid for this service to keep them)")
+			}
+			return err
 		}
-		st, err := install()
-		if st.SpecialBitsDropped > 0 {
-			s.log.Warn().Str("build", build).Int("entries", st.SpecialBitsDropped).Msg("dropped setuid/setgid/sticky bits (set allow_setuid for this service to keep them)")
-		}
+		err := install()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -387,7 +388,7 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 				// complete, so the re-hash does not count them: the build
 				// not being complete is the same reason to try again. (An
 				// origin whose copy went bad right after publish failed its
-				// own install: e2e/TestCorruptOriginHeals, 1 CI run.)
+				// own install: e2e/TestCorruptOriginHeals, 2 CI runs.)
 				bad, rerr := s.a.swarm.Reverify(ctx, s.name, build)
 				if rerr == nil && (bad > 0 || !s.a.swarm.Complete(s.name, build)) {
 					msg := fmt.Sprintf("verify %s: %d pieces of the archive on disk failed their hash; fetching them again", build, bad)
@@ -404,7 +405,7 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 					// repairs the pieces its hand-out finds bad, and that
 					// raced its own install in CI). Once more; a second
 					// failure with every piece good is a real mismatch.
-					_, err = install()
+					err = install()
 				}
 			}
 		}
