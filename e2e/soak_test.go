@@ -1,10 +1,9 @@
 package e2e
 
 import (
-	"bufio"
+	"bytes"
+	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-deploy/shoal/agent"
 	"github.com/shoal-deploy/shoal/fleet"
 )
 
@@ -29,54 +29,41 @@ func measure(t *testing.T, f *fleet.Fleet, a *fleet.Agent) usage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "RssAnon:"); ok {
-			u.rssAnonKiB, _ = strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-		}
-	}
+	u.rssAnonKiB, _ = strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(field(string(b), "RssAnon:"), "kB")))
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", a.Pid()))
 	u.fds = len(ents)
-	req, _ := http.NewRequest("GET", "http://"+a.API+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+f.Secrets.Token())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-			u.goroutines, _ = strconv.Atoi(strings.TrimSpace(v))
+	c := agent.NewClient(a.API, 30*time.Second).WithToken(f.Secrets.Token())
+	get := func(path string) string {
+		var b bytes.Buffer
+		if err := c.Download(context.Background(), path, &b); err != nil {
+			t.Fatalf("%s: GET %s: %v", a.Spec.Node, path, err)
 		}
+		return b.String()
 	}
+	u.goroutines, _ = strconv.Atoi(field(get("/metrics"), "go_goroutines "))
 	// The heap profile with gc=1 collects first; its text form ends with
 	// runtime.MemStats, whose HeapAlloc is then the live heap. Asked twice:
 	// a sync.Pool keeps what it held through one collection, and the
 	// agent's pooled 1 MiB copy buffers made the heap jump by 1 MiB steps.
-	var prof []byte
-	var status string
-	for range 2 {
-		req, _ = http.NewRequest("GET", "http://"+a.API+"/debug/pprof/heap?debug=1&gc=1", nil)
-		req.Header.Set("Authorization", "Bearer "+f.Secrets.Token())
-		hresp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		prof, _ = io.ReadAll(hresp.Body)
-		hresp.Body.Close()
-		status = hresp.Status
-	}
-	for _, line := range strings.Split(string(prof), "\n") {
-		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			u.heapKiB = n >> 10
-		}
-	}
+	get("/debug/pprof/heap?debug=1&gc=1")
+	prof := get("/debug/pprof/heap?debug=1&gc=1")
+	n, _ := strconv.Atoi(field(prof, "# HeapAlloc = "))
+	u.heapKiB = n >> 10
 	if u.heapKiB == 0 {
-		t.Fatalf("%s: no HeapAlloc in its heap profile (%s): %.200s", a.Spec.Node, status, prof)
+		t.Fatalf("%s: no HeapAlloc in its heap profile: %.200s", a.Spec.Node, prof)
 	}
 	return u
+}
+
+// field is the rest of text's first line that starts with prefix, trimmed
+// ("" if none).
+func field(text, prefix string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // A year of deploys in miniature: SHOAL_SOAK_DEPLOYS (default 30, at
