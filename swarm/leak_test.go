@@ -2,15 +2,11 @@ package swarm
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"os"
 	"runtime"
 	"testing"
 
 	"github.com/rs/zerolog"
-
-	"github.com/shoal-deploy/shoal/core"
 )
 
 // A build added and let go leaves nothing behind in the process. The
@@ -24,15 +20,7 @@ func TestAddedAndDroppedBuildsLeaveNoHeap(t *testing.T) {
 	ctx := context.Background()
 	s := startSwarms(t, 1, 48, zerolog.Nop(), nil)[0]
 	cycle := func(i int) {
-		m := &core.Manifest{Service: "web", Build: fmt.Sprintf("b%d", i), Origin: s.cfg.Node}
-		data := make([]byte, 64<<10)
-		_, _ = rand.Read(data)
-		if err := os.WriteFile(s.ArchivePath(m.Service, m.Build), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Describe(m); err != nil {
-			t.Fatal(err)
-		}
+		m, _ := publishBuild(t, s, fmt.Sprintf("b%d", i), 64<<10)
 		if _, err := s.Add(ctx, m); err != nil {
 			t.Fatal(err)
 		}

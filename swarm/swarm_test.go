@@ -232,11 +232,16 @@ func startSwarms(t *testing.T, n, octet int, log zerolog.Logger, setup func(*Swa
 
 // publish writes a random archive of size bytes on nodes[0] and describes it.
 func publish(t *testing.T, origin *Swarm, size int) (*core.Manifest, []byte) {
+	return publishBuild(t, origin, "v1", size)
+}
+
+// publishBuild is publish for a build of another name.
+func publishBuild(t *testing.T, origin *Swarm, build string, size int) (*core.Manifest, []byte) {
 	t.Helper()
-	m := &core.Manifest{Service: "web", Build: "v1", Origin: origin.cfg.Node}
+	m := &core.Manifest{Service: "web", Build: build, Origin: origin.cfg.Node}
 	data := make([]byte, size)
 	_, _ = rand.Read(data)
-	if err := os.WriteFile(origin.ArchivePath("web", "v1"), data, 0o644); err != nil {
+	if err := os.WriteFile(origin.ArchivePath(m.Service, m.Build), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := origin.Describe(m); err != nil {
