@@ -7,6 +7,7 @@ import (
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 	"github.com/rs/zerolog"
+	"go.etcd.io/bbolt"
 )
 
 // The piece database reads what the engine's bolt database wrote (hosts
@@ -69,6 +70,17 @@ func TestPieceDatabase(t *testing.T) {
 	}
 	if c, _ := db.Get(b); !c.Ok || !c.Complete {
 		t.Errorf("another build's piece reads %+v after a forget; want complete", c)
+	}
+	// A record that is neither "c" nor "i" (a torn or foreign write) is
+	// unknown, never complete: the engine then hashes the piece.
+	junk := metainfo.PieceKey{InfoHash: b.InfoHash, Index: 3}
+	if err := db.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(completionBucket).Bucket(junk.InfoHash[:]).Put(pieceKey(junk.Index), []byte("complete"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := db.Get(junk); err != nil || c.Ok || c.Complete {
+		t.Errorf("a junk record reads %+v (%v); want unknown", c, err)
 	}
 }
 
