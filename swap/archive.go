@@ -167,10 +167,8 @@ func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
 		if err != nil {
 			return st, err
 		}
-		mode := h.FileInfo().Mode() // maps tar's 04000/02000/01000 to Go's mode bits
-		perm := mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-		if special := perm &^ fs.ModePerm; special != 0 && !lim.AllowSpecialBits {
-			perm &= fs.ModePerm
+		perm, dropped := entryPerm(h, lim)
+		if dropped {
 			st.SpecialBitsDropped++
 		}
 		switch h.Typeflag {
@@ -225,6 +223,18 @@ func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
 		}
 	}
 	return st, nil
+}
+
+// entryPerm is the mode an entry gets: its permission bits, and its
+// setuid, setgid and sticky bits if lim allows them (dropped says they
+// were there and were not kept).
+func entryPerm(h *tar.Header, lim Limits) (perm fs.FileMode, dropped bool) {
+	mode := h.FileInfo().Mode() // maps tar's 04000/02000/01000 to Go's mode bits
+	perm = mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	if special := perm &^ fs.ModePerm; special != 0 && !lim.AllowSpecialBits {
+		return perm & fs.ModePerm, true
+	}
+	return perm, false
 }
 
 // entryName checks an entry's name and parents and returns it in local form.

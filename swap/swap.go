@@ -148,26 +148,23 @@ func checkSum(archive string, h hash.Hash, want string) error {
 	return nil
 }
 
-// Install checks the archive's SHA-256 against sha256hex and, only if it
-// matches, unpacks it into a cold directory within lim (see Unpack) and
-// renames that into releases/<build>. Not one entry is written before the
-// sum is known to match: an archive that fails verification never reaches
-// cold/. On any error the cold directory is removed and nothing else
-// changes. Installing an already installed build is a no-op.
-func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, lim Limits) (Stats, error) {
-	var st Stats
+// prepare decides what installing build (with the archive sum
+// sha256hex) has to do: nothing (done: installed and intact), refuse, or
+// install afresh (a stale or damaged release that is neither live nor
+// previous is removed first).
+func (s *Store) prepare(build, sha256hex string) (done bool, err error) {
 	damaged := error(nil)
 	if s.Matches(build, sha256hex) {
 		if damaged = s.Intact(build); damaged == nil {
-			return st, nil
+			return true, nil
 		}
 	}
 	if s.Has(build) {
 		if damaged != nil && build == s.Current() {
-			return st, fmt.Errorf("swap: install %s: %w; it is live and cannot be replaced under the service: deploy another build, or roll back (the previous release is checked before it goes live)", build, damaged)
+			return false, fmt.Errorf("swap: install %s: %w; it is live and cannot be replaced under the service: deploy another build, or roll back (the previous release is checked before it goes live)", build, damaged)
 		}
 		if damaged == nil && (build == s.Current() || build == s.Previous()) {
-			return st, fmt.Errorf("swap: install %s: %w: releases/%s is %s and was unpacked from another archive; publish under a new build name",
+			return false, fmt.Errorf("swap: install %s: %w: releases/%s is %s and was unpacked from another archive; publish under a new build name",
 				build, ErrStaleRelease, build, map[bool]string{true: "live", false: "the previous release"}[build == s.Current()])
 		}
 		// Left by a crash before its sum was written, a build name
@@ -180,8 +177,22 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 		}
 		delete(s.checked, build)
 		if err := os.RemoveAll(s.ReleaseDir(build)); err != nil {
-			return st, fmt.Errorf("swap: install %s: remove the stale release: %w", build, err)
+			return false, fmt.Errorf("swap: install %s: remove the stale release: %w", build, err)
 		}
+	}
+	return false, nil
+}
+
+// Install checks the archive's SHA-256 against sha256hex and, only if it
+// matches, unpacks it into a cold directory within lim (see Unpack) and
+// renames that into releases/<build>. Not one entry is written before the
+// sum is known to match: an archive that fails verification never reaches
+// cold/. On any error the cold directory is removed and nothing else
+// changes. Installing an already installed build is a no-op.
+func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, lim Limits) (Stats, error) {
+	var st Stats
+	if done, err := s.prepare(build, sha256hex); done || err != nil {
+		return st, err
 	}
 	f, err := os.Open(archive)
 	if err != nil {
@@ -235,33 +246,42 @@ func (s *Store) Install(ctx context.Context, build, archive, sha256hex string, l
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	// Every file of the release on disk before it is renamed into place:
-	// after a power loss a release is either absent or complete.
-	paths, err := treePaths(tmp)
-	if err != nil {
-		return st, fmt.Errorf("swap: install %s: %w", build, err)
+	if err := s.finish(build, tmp, sha256hex); err != nil {
+		return st, err
 	}
-	if err := syncTree(tmp, paths); err != nil {
-		return st, fmt.Errorf("swap: install %s: %w", build, err)
-	}
-	digest, err := sealDigest(tmp, paths)
+	ok = true
+	return st, nil
+}
+
+// finish makes the unpacked (or fetched and framed) tree dir the release
+// of build: every file on disk, its seal and the archive's sum recorded,
+// then renamed into releases/ in one step, so that after a power loss a
+// release is either absent or complete.
+func (s *Store) finish(build, dir, sha256hex string) error {
+	paths, err := treePaths(dir)
 	if err != nil {
-		return st, fmt.Errorf("swap: install %s: %w", build, err)
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	if err := syncTree(dir, paths); err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
+	}
+	digest, err := sealDigest(dir, paths)
+	if err != nil {
+		return fmt.Errorf("swap: install %s: %w", build, err)
 	}
 	fault("unpacked")
 	if err := writeDurable(s.sumPath(build), []byte(strings.ToLower(sha256hex)+"\n"+sealPrefix+digest+"\n")); err != nil {
-		return st, fmt.Errorf("swap: install %s: %w", build, err)
+		return fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	if err := os.Rename(tmp, s.ReleaseDir(build)); err != nil {
-		return st, fmt.Errorf("swap: install %s: move into releases: %w", build, err)
+	if err := os.Rename(dir, s.ReleaseDir(build)); err != nil {
+		return fmt.Errorf("swap: install %s: move into releases: %w", build, err)
 	}
-	ok = true
 	if err := syncDir(filepath.Join(s.root, "releases")); err != nil {
-		return st, err
+		return err
 	}
 	s.checked[build] = true
 	fault("installed")
-	return st, nil
+	return nil
 }
 
 // Switch points `current` at build atomically (temp link, rename over,

@@ -60,6 +60,14 @@ type Config struct {
 	// Handout tunes how the origin hands out a build's first copy (see
 	// handout.go).
 	Handout Handout `json:"handout,omitzero"`
+	// TreeDir, when set, says where a build whose metainfo carries its
+	// release layout is fetched to: the directory that the install turns
+	// into the release (on the release store's file system), and whether
+	// it already is the installed release (then the swarm only reads it).
+	// Each file's bytes are then written once, straight into place,
+	// instead of into an archive that is unpacked afterwards. Nil: every
+	// build is fetched as an archive.
+	TreeDir func(service, build string) (dir string, installed bool) `json:"-"`
 	// Gossip picks memberlist timings: "lan" (default, tuned for up to a
 	// few hundred hosts) or "local" (fast failure detection for tests).
 	Gossip string `json:"gossip,omitempty"`

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -29,7 +28,6 @@ import (
 
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/metainfo"
-	"github.com/anacrolix/torrent/storage"
 	"github.com/hashicorp/memberlist"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
@@ -52,6 +50,7 @@ type Swarm struct {
 	ml  *memberlist.Memberlist
 	cl  *torrent.Client
 	pc  *pieceDB
+	ps  *placeStorage
 
 	guard    *ipGuard        // only members' IPs reach the engine
 	auth     *trust.PeerAuth // signs and checks peer API requests
@@ -122,12 +121,8 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s.pc = pc
 	tc := torrent.NewDefaultClientConfig()
-	tc.DefaultStorage = exactHashStorage{storage.NewFileOpts(storage.NewFileClientOpts{
-		// v1.61 logs a spurious flush warning for .part paths even with part
-		// files off: the storage's log is discarded (the engine's is not).
-		ClientBaseDir: archives, PieceCompletion: pc, UsePartFiles: falseOpt(), Logger: discard,
-		TorrentDirMaker: func(base string, _ *metainfo.Info, _ metainfo.Hash) string { return base },
-	})}
+	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}}
+	tc.DefaultStorage = s.ps
 	tc.ListenHost = func(string) string { return cfg.BindAddr }
 	tc.ListenPort = cfg.TorrentPort
 	tc.PublicIp4 = net.ParseIP(cfg.BindAddr).To4()
@@ -188,10 +183,6 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	return s, nil
 }
-
-var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-func falseOpt() (o optBool) { o.Set(false); return }
 
 // TorrentAddr is where this host serves pieces.
 func (s *Swarm) TorrentAddr() string {
@@ -436,7 +427,7 @@ func (s *Swarm) scrubOne(ctx context.Context, next int) int {
 	if len(xs) == 0 {
 		return 0
 	}
-	sort.Slice(xs, func(i, j int) bool { return xs[i].path < xs[j].path })
+	sort.Slice(xs, func(i, j int) bool { return xs[i].pl.archive < xs[j].pl.archive })
 	x := xs[next%len(xs)]
 	if _, err := x.reverify(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn().Err(err).Str("build", x.m.Build).Msg("scrub failed")

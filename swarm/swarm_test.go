@@ -91,7 +91,7 @@ func TestThreeNodeTransfer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("node %d: %v (progress %+v)", i, err, x.Progress())
 		}
-		got, err := os.ReadFile(x.Path())
+		got, err := io.ReadAll(x.Archive())
 		if err != nil || string(got) != string(data) {
 			t.Fatalf("node %d: archive differs (%v)", i, err)
 		}
@@ -413,7 +413,7 @@ func fetchAll(t *testing.T, nodes []*Swarm, m *core.Manifest, data []byte) []*Tr
 		if err != nil {
 			t.Fatalf("node %d: %v (progress %+v)", i, err, x.Progress())
 		}
-		if got, _ := os.ReadFile(x.Path()); string(got) != string(data) {
+		if got, _ := io.ReadAll(x.Archive()); string(got) != string(data) {
 			t.Fatalf("node %d: archive differs", i)
 		}
 	}

@@ -3,13 +3,16 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +24,7 @@ import (
 	pp "github.com/anacrolix/torrent/peer_protocol"
 
 	"github.com/shoal-deploy/shoal/core"
+	"github.com/shoal-deploy/shoal/swap"
 )
 
 // ArchiveName is the file name a build's archive has on every host.
@@ -79,28 +83,40 @@ func ChunkSize(pieceLength int64) int64 { return min(max(pieceLength/4, 16<<10),
 
 // Describe hashes an archive already at ArchivePath(service, build) and
 // fills in the manifest's size, SHA-256, piece length, info hash and
-// metainfo. It reads the file twice (SHA-256, then piece hashes).
+// metainfo. It reads the file twice (SHA-256 and layout, then piece
+// hashes). An archive that is a tar stream gets a metainfo that lists it
+// as its framing and file contents (swap.Layout), unless that list would
+// make the manifest too large for Consul: hosts that fetch into the
+// release tree need it (see placement); to every other host the bytes are
+// the same archive.
 func (s *Swarm) Describe(m *core.Manifest) error {
 	path := s.ArchivePath(m.Service, m.Build)
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("swarm: describe: %w", err)
 	}
+	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
-	f.Close()
+	regions, lerr := swap.Layout(io.TeeReader(f, h))
+	if _, err := io.Copy(h, f); err != nil { // what Layout did not read, if it stopped early
+		return fmt.Errorf("swarm: describe %s: %w", path, err)
+	}
+	n, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return fmt.Errorf("swarm: describe %s: %w", path, err)
 	}
 	if n == 0 {
 		return fmt.Errorf("swarm: describe %s: archive is empty", path)
 	}
-	info := metainfo.Info{PieceLength: PieceLength(n, s.ml.NumMembers())}
-	if err := info.BuildFromFilePath(path); err != nil {
+	info := metainfo.Info{Name: ArchiveName(m.Service, m.Build), PieceLength: PieceLength(n, s.ml.NumMembers())}
+	if info.Pieces, err = pieceHashes(f, info.PieceLength); err != nil {
 		return fmt.Errorf("swarm: piece hashes of %s: %w", path, err)
 	}
-	info.Name = ArchiveName(m.Service, m.Build)
-	ib, err := bencode.Marshal(info)
+	ib, err := layoutInfo(info, regions)
+	if lerr != nil || err != nil || len(ib) > maxLayoutInfo {
+		info.Length = n
+		ib, err = bencode.Marshal(info)
+	}
 	if err != nil {
 		return fmt.Errorf("swarm: encode info: %w", err)
 	}
@@ -114,12 +130,56 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	return nil
 }
 
+// maxLayoutInfo bounds a layout metainfo (about 60 bytes per file): the
+// manifest carries it, base64, in one Consul value (512 KiB at most).
+// A build with more files is fetched as an archive.
+const maxLayoutInfo = 256 << 10
+
+// layoutInfo encodes info listing the archive as its regions.
+func layoutInfo(info metainfo.Info, regions []swap.Region) ([]byte, error) {
+	for i, r := range regions {
+		p := []string{framingDir, strconv.Itoa(i)}
+		if r.Path != "" {
+			p = strings.Split(r.Path, "/")
+		}
+		info.Files = append(info.Files, metainfo.FileInfo{Length: r.Len, Path: p})
+	}
+	if !IsLayout(&info) {
+		return nil, fmt.Errorf("swarm: layout of %s does not alternate framing and contents", info.Name)
+	}
+	return bencode.Marshal(info)
+}
+
+// pieceHashes reads r from its start and returns the SHA-1 of each piece.
+func pieceHashes(r io.ReaderAt, pieceLength int64) ([]byte, error) {
+	var out []byte
+	bp := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(bp)
+	buf := (*bp)[:0]
+	if int64(cap(buf)) < pieceLength {
+		buf = make([]byte, 0, pieceLength)
+	}
+	for off := int64(0); ; off += pieceLength {
+		n, err := r.ReadAt(buf[:pieceLength], off)
+		if n > 0 {
+			sum := sha1.Sum(buf[:n])
+			out = append(out, sum[:]...)
+		}
+		if errors.Is(err, io.EOF) || (err == nil && int64(n) < pieceLength) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
 // Transfer is one build being fetched or seeded by this host.
 type Transfer struct {
 	s       *Swarm
 	t       *torrent.Torrent
 	m       *core.Manifest
-	path    string
+	pl      *placement
 	started time.Time
 	// initial is what was already verified on disk when the transfer was added.
 	initial int64
@@ -339,6 +399,7 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 		return nil, fmt.Errorf("swarm: %s/%s: %w: %v", m.Service, m.Build, ErrBadMetaInfo, err)
 	}
 	spec.ChunkSize = pp.Integer(ChunkSize(info.PieceLength))
+	pl := s.placementFor(m, &info, spec.InfoHash)
 	t, _, err := s.cl.AddTorrentSpec(spec)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: add %s/%s: %w", m.Service, m.Build, err)
@@ -350,7 +411,7 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 		x.resume() // a new attempt after a write error
 		return x, nil
 	}
-	x := &Transfer{s: s, t: t, m: m, path: s.ArchivePath(m.Service, m.Build), started: time.Now(), from: map[string]int64{}}
+	x := &Transfer{s: s, t: t, m: m, pl: pl, started: time.Now(), from: map[string]int64{}}
 	x.avoidOrigin.Store(url != "") // before the engine can be offered the origin as a peer
 	s.transfers[t] = x
 	s.mu.Unlock()
@@ -367,7 +428,25 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	return x, nil
 }
 
-// Drop stops sharing a build and deletes its archive.
+// placementFor decides, before the engine opens the storage, where m's
+// bytes go on this host: into the release tree (TreeDir set, a layout
+// metainfo, and no archive of it here already), or the archive.
+func (s *Swarm) placementFor(m *core.Manifest, info *metainfo.Info, ih metainfo.Hash) *placement {
+	archive := s.ArchivePath(m.Service, m.Build)
+	p := &placement{archive: archive}
+	if s.cfg.TreeDir != nil && IsLayout(info) {
+		if _, err := os.Stat(archive); errors.Is(err, os.ErrNotExist) {
+			if dir, installed := s.cfg.TreeDir(m.Service, m.Build); dir != "" {
+				p.archive, p.tree = framingPath(archive), dir
+				p.sealed.Store(installed)
+			}
+		}
+	}
+	return s.ps.place(ih, p)
+}
+
+// Drop stops sharing a build and deletes its archive (or, for a build
+// fetched into a tree, its framing file: the tree is the release store's).
 func (s *Swarm) Drop(m *core.Manifest) error {
 	ih := metainfo.NewHashFromHex(m.InfoHash)
 	if t, ok := s.cl.Torrent(ih); ok {
@@ -384,9 +463,12 @@ func (s *Swarm) Drop(m *core.Manifest) error {
 			t.Drop()
 		}
 	}
-	err := os.Remove(s.ArchivePath(m.Service, m.Build))
-	if err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("swarm: drop %s/%s: %w", m.Service, m.Build, err)
+	s.ps.forget(ih)
+	archive := s.ArchivePath(m.Service, m.Build)
+	for _, p := range []string{archive, framingPath(archive)} {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("swarm: drop %s/%s: %w", m.Service, m.Build, err)
+		}
 	}
 	if err := s.pc.Forget(ih); err != nil {
 		return fmt.Errorf("swarm: drop %s/%s: piece database: %w", m.Service, m.Build, err)
@@ -409,8 +491,21 @@ func (x *Transfer) verified() int64 {
 	return n
 }
 
-// Path is the archive's location on this host.
-func (x *Transfer) Path() string { return x.path }
+// Tree is the release tree this build is fetched into, or "" when it is
+// fetched as an archive (see Config.TreeDir).
+func (x *Transfer) Tree() string { return x.pl.tree }
+
+// Archive reads the build's archive bytes wherever this host placed them
+// (the archive, or the framing file and the tree's files).
+func (x *Transfer) Archive() *io.SectionReader {
+	return io.NewSectionReader(archiveReader{x.s.ps, x.t.InfoHash()}, 0, x.m.Size)
+}
+
+// Installed tells the swarm that the tree was installed as the release:
+// from now on it only reads it. A piece found bad later (someone wrote
+// into the release) is not fetched again into it: the download stops
+// with ErrReadOnly, and the release's own seal check reports the damage.
+func (x *Transfer) Installed() { x.pl.sealed.Store(true) }
 
 // Wait blocks until every piece is verified, or ctx is done.
 func (x *Transfer) Wait(ctx context.Context) error {

@@ -1,5 +1,0 @@
-package swarm
-
-import g "github.com/anacrolix/generics"
-
-type optBool = g.Option[bool]
