@@ -106,13 +106,17 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 		ln.Close()
 		return nil, fmt.Errorf("agent: peer api listener on %s: %w", cfg.PeerAPI, err)
 	}
+	var a *Agent
+	if cfg.FetchInto == FetchIntoRelease {
+		cfg.Swarm.TreeDir = func(service, build string) (string, bool) { return a.treeDir(service, build) }
+	}
 	sw, err := swarm.New(cfg.Swarm, log.With().Str("component", "swarm").Logger())
 	if err != nil {
 		ln.Close()
 		pln.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, pln: pln, keys: keys, token: token,
+	a = &Agent{cfg: cfg, log: log, sig: sig, swarm: sw, ln: ln, pln: pln, keys: keys, token: token,
 		services: map[string]*service{}, drafts: map[string]*core.Manifest{}, dirs: map[string]string{}, trusted: map[string]*core.Manifest{}}
 	a.origin = newOriginServer(a)
 	sw.SetOriginURL(a.originURL)
@@ -126,6 +130,20 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 		a.services[name] = newService(a, name, sc, st)
 	}
 	return a, nil
+}
+
+// treeDir is where a build of a service this host runs is fetched with
+// fetch_into release: its installed release (read only), or the store's
+// fetch dir. A build of another service is fetched as an archive.
+func (a *Agent) treeDir(service, build string) (string, bool) {
+	s := a.services[service]
+	if s == nil {
+		return "", false
+	}
+	if s.store.Has(build) {
+		return s.store.ReleaseDir(build), true
+	}
+	return s.store.FetchDir(build), false
 }
 
 func (a *Agent) close() {
@@ -261,7 +279,7 @@ const insecureWarning = "INSECURE DEV MODE: unsigned builds are accepted and gos
 // is re-checked first: a file changed on disk is not trusted.
 func (a *Agent) reseed(ctx context.Context) {
 	for _, m := range a.knownManifests() {
-		if _, err := os.Stat(a.swarm.ArchivePath(m.Service, m.Build)); err != nil {
+		if !a.swarm.Has(m.Service, m.Build) {
 			continue
 		}
 		if err := a.checkTrust(m); err != nil {

@@ -70,6 +70,14 @@ type Config struct {
 	// or "origin" (every host pulls over HTTP from the publishing host; the
 	// baseline `shoal bench` compares against, not for production).
 	Fetch string `json:"fetch,omitempty"`
+	// FetchInto is where a fetched build's bytes are written: "release"
+	// (each file straight into the cold directory that becomes its
+	// release, so every byte is written once) or "archive" (the default:
+	// into the build's archive, which the install then unpacks, writing
+	// every byte a second time). Builds published with more files than
+	// fit a manifest's layout list (about 4,000) are fetched as archives
+	// either way, as is any build this host already has as an archive.
+	FetchInto string `json:"fetch_into,omitempty"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the API address.
 	Pprof bool `json:"pprof,omitempty"`
 	// FetchStall is how long a fetch may make no progress before the
@@ -132,6 +140,9 @@ func (c *Config) applyDefaults() {
 	if c.Fetch == "" {
 		c.Fetch = FetchSwarm
 	}
+	if c.FetchInto == "" {
+		c.FetchInto = FetchIntoArchive
+	}
 	if c.FetchStall == 0 {
 		c.FetchStall = core.Duration(60e9)
 	}
@@ -193,6 +204,9 @@ func (c Config) Validate() error {
 	}
 	if c.Fetch != FetchSwarm && c.Fetch != FetchOrigin {
 		errs = append(errs, fmt.Errorf("agent: fetch method %q: use swarm or origin", c.Fetch))
+	}
+	if c.FetchInto != FetchIntoArchive && c.FetchInto != FetchIntoRelease {
+		errs = append(errs, fmt.Errorf("agent: fetch_into %q: use archive or release", c.FetchInto))
 	}
 	for name, s := range c.Services {
 		if err := core.ValidName("service", name); err != nil {

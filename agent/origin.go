@@ -26,6 +26,12 @@ const (
 	FetchOrigin = "origin"
 )
 
+// Where fetched bytes are written (Config.FetchInto).
+const (
+	FetchIntoArchive = "archive"
+	FetchIntoRelease = "release"
+)
+
 // originServer serves complete archives over HTTP for the origin fetch
 // method, capped by the same upload rate as the swarm.
 type originServer struct {

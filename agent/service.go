@@ -362,13 +362,33 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 		fetch := s.fetch
 		if s.a.cfg.Fetch == FetchOrigin {
 			fetch = s.fetchFromOrigin
+		} else if s.a.cfg.FetchInto == FetchIntoRelease && s.store.Has(build) && build != s.store.Current() {
+			// Fetched into its release, a damaged or stale release is the
+			// build's only copy here: it goes (as the install would remove
+			// it), and the build is fetched afresh into a cold directory.
+			s.log.Warn().Str("build", build).Msg("installed release is damaged or stale; fetching the build again")
+			if err := s.a.swarm.Drop(m); err != nil {
+				return fmt.Errorf("%w: %v", errRetry, err)
+			}
+			if err := s.store.Reinstalling(build); err != nil {
+				return fmt.Errorf("%w: %v", errRetry, err)
+			}
 		}
 		if err := fetch(ctx, m); err != nil {
 			return err
 		}
 		s.to(core.StateVerifying, build, "")
 		install := func() error {
-			st, err := s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256, s.limits(m))
+			var st swap.Stats
+			var err error
+			if x := s.a.swarm.Transfer(s.name, build); x != nil && x.Tree() != "" && s.a.cfg.Fetch == FetchSwarm {
+				// Fetched into the cold release: only the framing is left to apply.
+				if st, err = s.store.InstallTree(ctx, build, x.Tree(), x.Archive(), x.Layout(), m.SHA256, s.limits(m)); err == nil {
+					x.Installed()
+				}
+			} else {
+				st, err = s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256, s.limits(m))
+			}
 			if st.SpecialBitsDropped > 0 {
 				s.log.Warn().Str("build", build).Int("entries", st.SpecialBitsDropped).Msg("dropped setuid/setgid/sticky bits (set allow_setuid for this service to keep them)")
 			}
@@ -533,7 +553,11 @@ func (s *service) limits(m *core.Manifest) swap.Limits {
 // checkSpace refuses a build the data dir cannot hold: the rest of its
 // archive plus its unpacked tree.
 func (s *service) checkSpace(m *core.Manifest) error {
-	need := m.UnpackedSize + m.Size - allocated(s.a.swarm.ArchivePath(m.Service, m.Build))
+	archive := s.a.swarm.ArchivePath(m.Service, m.Build)
+	need := m.UnpackedSize + m.Size - allocated(archive)
+	if s.a.swarm.IntoTree(m) { // each byte written once, no unpack
+		need = m.Size - allocated(archive) - allocated(s.a.swarm.FramingPath(m.Service, m.Build))
+	}
 	if low, _, free, err := s.watermarks(); err == nil && free-need < low {
 		// Old builds make way for the new one, down to the low watermark.
 		if dropped := s.makeRoom(need + low - free); len(dropped) > 0 {
@@ -809,6 +833,7 @@ func (s *service) forget(build string) {
 			return
 		}
 	}
+	os.RemoveAll(s.store.FetchDir(build)) // a build fetched into a tree, never installed
 	s.a.forgetTrusted(s.name, build)
 	os.Remove(s.a.sourcePath(s.name, build))
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {

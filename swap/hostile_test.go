@@ -124,47 +124,7 @@ func TestInstallRefusesHostileArchives(t *testing.T) {
 	}
 	old := time.Now().Add(-time.Hour)
 	_ = os.Chtimes(victim, old, old)
-	reg := func(name, data string, mode int64) entry {
-		return entry{h: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, ModTime: time.Now()}, data: data}
-	}
-	dir := func(name string, mode int64) entry {
-		return entry{h: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: mode}}
-	}
-	link := func(name, target string) entry {
-		return entry{h: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target}}
-	}
-	cases := []struct {
-		name    string
-		archive func() []byte
-		lim     Limits
-		want    error
-	}{
-		{"escape by ..", func() []byte { return craft(t, []entry{reg("../../outside/evil", "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
-		{"absolute path", func() []byte { return craft(t, []entry{reg(filepath.Join(outside, "evil"), "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
-		{"symlink then entry", func() []byte { return craft(t, []entry{link("l", outside), reg("l/evil", "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
-		{"relative symlink then entry", func() []byte {
-			return craft(t, []entry{link("l", "../../../outside"), reg("l/evil", "x", 0o644)})
-		}, NoLimits, ErrUnsafeArchive},
-		{"symlink then overwrite", func() []byte { return craft(t, []entry{link("v", victim), reg("v", "pwned", 0o644)}) }, NoLimits, ErrUnsafeArchive},
-		{"symlink then directory chmod", func() []byte { return craft(t, []entry{link("a", outside), dir("a/", 0o777)}) }, NoLimits, ErrUnsafeArchive},
-		{"hardlink", func() []byte {
-			return craft(t, []entry{{h: tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: victim}}})
-		}, NoLimits, ErrUnsafeArchive},
-		{"device", func() []byte {
-			return craft(t, []entry{{h: tar.Header{Name: "null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3}}})
-		}, NoLimits, ErrUnsafeArchive},
-		{"fifo", func() []byte {
-			return craft(t, []entry{{h: tar.Header{Name: "p", Typeflag: tar.TypeFifo, Mode: 0o644}}})
-		}, NoLimits, ErrUnsafeArchive},
-		{"sparse bomb", func() []byte { return oldGNUSparseBomb(t, "bomb", 10<<30) }, NoLimits, ErrUnsafeArchive},
-		{"more bytes than declared", func() []byte {
-			return craft(t, []entry{reg("a", strings.Repeat("a", 600), 0o644), reg("b", strings.Repeat("b", 600), 0o644)})
-		}, Limits{MaxBytes: 1000, MaxEntries: -1}, ErrArchiveLimit},
-		{"more entries than declared", func() []byte {
-			return craft(t, []entry{reg("a", "1", 0o644), reg("b", "2", 0o644), reg("c", "3", 0o644)})
-		}, Limits{MaxBytes: -1, MaxEntries: 2}, ErrArchiveLimit},
-		{"duplicate entry", func() []byte { return craft(t, []entry{reg("a", "1", 0o644), reg("a", "2", 0o644)}) }, NoLimits, ErrUnsafeArchive},
-	}
+	cases := hostileArchives(t, outside, victim)
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			root := filepath.Join(base, fmt.Sprintf("svc%d", i), "web")
@@ -201,6 +161,55 @@ func TestInstallRefusesHostileArchives(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// hostileCase is an archive an install must refuse with want.
+type hostileCase struct {
+	name    string
+	archive func() []byte
+	lim     Limits
+	want    error
+}
+
+// hostileArchives are archives aimed at outside (a directory) and victim
+// (a file in it).
+func hostileArchives(t *testing.T, outside, victim string) []hostileCase {
+	reg := func(name, data string, mode int64) entry {
+		return entry{h: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, ModTime: time.Now()}, data: data}
+	}
+	dir := func(name string, mode int64) entry {
+		return entry{h: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: mode}}
+	}
+	link := func(name, target string) entry {
+		return entry{h: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target}}
+	}
+	return []hostileCase{
+		{"escape by ..", func() []byte { return craft(t, []entry{reg("../../outside/evil", "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"absolute path", func() []byte { return craft(t, []entry{reg(filepath.Join(outside, "evil"), "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"symlink then entry", func() []byte { return craft(t, []entry{link("l", outside), reg("l/evil", "x", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"relative symlink then entry", func() []byte {
+			return craft(t, []entry{link("l", "../../../outside"), reg("l/evil", "x", 0o644)})
+		}, NoLimits, ErrUnsafeArchive},
+		{"symlink then overwrite", func() []byte { return craft(t, []entry{link("v", victim), reg("v", "pwned", 0o644)}) }, NoLimits, ErrUnsafeArchive},
+		{"symlink then directory chmod", func() []byte { return craft(t, []entry{link("a", outside), dir("a/", 0o777)}) }, NoLimits, ErrUnsafeArchive},
+		{"hardlink", func() []byte {
+			return craft(t, []entry{{h: tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: victim}}})
+		}, NoLimits, ErrUnsafeArchive},
+		{"device", func() []byte {
+			return craft(t, []entry{{h: tar.Header{Name: "null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3}}})
+		}, NoLimits, ErrUnsafeArchive},
+		{"fifo", func() []byte {
+			return craft(t, []entry{{h: tar.Header{Name: "p", Typeflag: tar.TypeFifo, Mode: 0o644}}})
+		}, NoLimits, ErrUnsafeArchive},
+		{"sparse bomb", func() []byte { return oldGNUSparseBomb(t, "bomb", 10<<30) }, NoLimits, ErrUnsafeArchive},
+		{"more bytes than declared", func() []byte {
+			return craft(t, []entry{reg("a", strings.Repeat("a", 600), 0o644), reg("b", strings.Repeat("b", 600), 0o644)})
+		}, Limits{MaxBytes: 1000, MaxEntries: -1}, ErrArchiveLimit},
+		{"more entries than declared", func() []byte {
+			return craft(t, []entry{reg("a", "1", 0o644), reg("b", "2", 0o644), reg("c", "3", 0o644)})
+		}, Limits{MaxBytes: -1, MaxEntries: 2}, ErrArchiveLimit},
+		{"duplicate entry", func() []byte { return craft(t, []entry{reg("a", "1", 0o644), reg("a", "2", 0o644)}) }, NoLimits, ErrUnsafeArchive},
 	}
 }
 

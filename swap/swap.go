@@ -368,6 +368,22 @@ func (s *Store) Remove(build string) error {
 	if build == s.Current() || build == s.Previous() {
 		return fmt.Errorf("swap: remove %s: it is the current or previous release", build)
 	}
+	return s.discard(build)
+}
+
+// Reinstalling removes a release that is not live so that it can be
+// installed afresh: what Install does itself to a damaged or stale
+// release that is not live, for a caller that must do it before it
+// fetches (a build fetched into its release has no other copy to
+// install from).
+func (s *Store) Reinstalling(build string) error {
+	if build == s.Current() {
+		return fmt.Errorf("swap: remove %s: it is the live release", build)
+	}
+	return s.discard(build)
+}
+
+func (s *Store) discard(build string) error {
 	delete(s.checked, build)
 	if err := os.RemoveAll(s.ReleaseDir(build)); err != nil {
 		return fmt.Errorf("swap: remove %s: %w", build, err)

@@ -359,6 +359,9 @@ func (s *Swarm) AddServed(service, build string, n int64) {
 	}
 }
 
+// Transfer is this host's transfer of service/build, or nil.
+func (s *Swarm) Transfer(service, build string) *Transfer { return s.transferOf(service, build) }
+
 // transferOf is this host's transfer of service/build, or nil.
 func (s *Swarm) transferOf(service, build string) *Transfer {
 	s.mu.RLock()
@@ -426,6 +429,43 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	s.planSlice(x, url)
 	s.refreshPeers()
 	return x, nil
+}
+
+// Has reports whether this host keeps any of a build's bytes: its archive,
+// or the framing file of a build fetched into a tree.
+func (s *Swarm) Has(service, build string) bool {
+	archive := s.ArchivePath(service, build)
+	for _, p := range []string{archive, framingPath(archive)} {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// FramingPath is where a build fetched into a tree keeps its tar framing.
+func (s *Swarm) FramingPath(service, build string) string {
+	return framingPath(s.ArchivePath(service, build))
+}
+
+// IntoTree reports whether m would be (or is being) fetched into a tree
+// on this host rather than into an archive.
+func (s *Swarm) IntoTree(m *core.Manifest) bool {
+	if x := s.transferOf(m.Service, m.Build); x != nil {
+		return x.pl.tree != ""
+	}
+	if s.cfg.TreeDir == nil {
+		return false
+	}
+	if _, err := os.Stat(s.ArchivePath(m.Service, m.Build)); err == nil {
+		return false
+	}
+	mi, err := metainfo.Load(bytes.NewReader(m.MetaInfo))
+	if err != nil {
+		return false
+	}
+	info, err := mi.UnmarshalInfo()
+	return err == nil && IsLayout(&info)
 }
 
 // placementFor decides, before the engine opens the storage, where m's
