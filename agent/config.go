@@ -71,12 +71,13 @@ type Config struct {
 	// baseline `shoal bench` compares against, not for production).
 	Fetch string `json:"fetch,omitempty"`
 	// FetchInto is where a fetched build's bytes are written: "release"
-	// (each file straight into the cold directory that becomes its
-	// release, so every byte is written once) or "archive" (the default:
-	// into the build's archive, which the install then unpacks, writing
-	// every byte a second time). Builds published with more files than
-	// fit a manifest's layout list (about 4,000) are fetched as archives
-	// either way, as is any build this host already has as an archive.
+	// (the default: each file straight into the cold directory that
+	// becomes its release, so every byte is written once; the tar framing
+	// goes to a small side file) or "archive" (into the build's archive,
+	// which the install then unpacks, writing every byte a second time).
+	// Builds published with more files than fit a manifest's layout list
+	// (about 4,000) are fetched as archives either way, as is any build
+	// this host already has as an archive (the origin's, for one).
 	FetchInto string `json:"fetch_into,omitempty"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the API address.
 	Pprof bool `json:"pprof,omitempty"`
@@ -141,7 +142,7 @@ func (c *Config) applyDefaults() {
 		c.Fetch = FetchSwarm
 	}
 	if c.FetchInto == "" {
-		c.FetchInto = FetchIntoArchive
+		c.FetchInto = FetchIntoRelease
 	}
 	if c.FetchStall == 0 {
 		c.FetchStall = core.Duration(60e9)

@@ -366,7 +366,11 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			// Fetched into its release, a damaged or stale release is the
 			// build's only copy here: it goes (as the install would remove
 			// it), and the build is fetched afresh into a cold directory.
-			s.log.Warn().Str("build", build).Msg("installed release is damaged or stale; fetching the build again")
+			if damaged := s.store.Intact(build); damaged != nil {
+				s.log.Error().Err(damaged).Str("build", build).Msg("installed release is damaged; installing it again from a new fetch")
+			} else {
+				s.log.Warn().Str("build", build).Msg("installed release does not match the published archive; installing it again from a new fetch")
+			}
 			if err := s.a.swarm.Drop(m); err != nil {
 				return fmt.Errorf("%w: %v", errRetry, err)
 			}

@@ -64,7 +64,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often each fetch's peer set is topped up (default 2s)")
 	fs.StringVar(&f.handout, "handout", "", "on (default): the origin hands each piece to one host over HTTP; off: the origin is a plain torrent seed (for measurement)")
 	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")
-	fs.StringVar(&f.fetchInto, "fetch-into", "", "where fetched bytes go: archive (default; unpacked at install, each byte written twice) or release (each file straight into the cold release, written once)")
+	fs.StringVar(&f.fetchInto, "fetch-into", "", "where fetched bytes go: release (default: each file straight into the cold release, written once) or archive (an archive unpacked at install: each byte written twice)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the API address")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -90,10 +90,11 @@ func TestKillAtEveryStep(t *testing.T) {
 // Power loss right after a release was installed, before it went live:
 // the writes the disk had not made durable are dropped (simulated by
 // killing the agent at "installed", then truncating a file of the release
-// and zeroing a stretch of the archive, as a file system that lost unflushed
-// data shows them). On restart the host finds the release damaged, never
-// activates it, re-fetches the damaged pieces, installs it again and goes
-// live on a tree identical to the published one.
+// and zeroing the first header of its framing file, as a file system that
+// lost unflushed data shows them). On restart the host finds the release
+// damaged, never activates it, fetches it again (the release was the
+// build's copy on this host), installs it again and goes live on a tree
+// identical to the published one.
 func TestPowerLossAfterInstall(t *testing.T) {
 	f := startFleet(t, 2, 54, func(int) []string { return hookArgs() })
 	victim := f.Agents[1]
@@ -113,7 +114,9 @@ func TestPowerLossAfterInstall(t *testing.T) {
 	if err := os.Truncate(filepath.Join(svc, "releases", "v2", "static", "blob.bin"), 4096); err != nil {
 		t.Fatal(err)
 	}
-	damage(t, filepath.Join(victim.Spec.DataDir, "archives", "web@v2.tar"), 1<<20, 64<<10, 0)
+	// The build was fetched into its release: its side file of tar framing
+	// loses its first header too.
+	damage(t, filepath.Join(victim.Spec.DataDir, "archives", "web@v2.tar.framing"), 0, 512, 0)
 	hooksLog := filepath.Join(svc, "hooks.log")
 	before, _ := os.ReadFile(hooksLog)
 	victim.Spec.Env = nil

@@ -54,6 +54,19 @@ func damage(t *testing.T, path string, off, n int, b byte) {
 	}
 }
 
+// buildBytes lists what a host keeps of a build's bytes, relative to its
+// data dir: the archive, or (fetched into its release) the framing file
+// and the tree still being fetched. Empty: none of it.
+func buildBytes(a *fleet.Agent, build string) []string {
+	var out []string
+	for _, p := range []string{"archives/web@" + build + ".tar", "archives/web@" + build + ".tar.framing", "services/web/fetching/" + build} {
+		if _, err := os.Stat(filepath.Join(a.Spec.DataDir, p)); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // waitRepaired waits until the file at path holds want again.
 func waitRepaired(t *testing.T, path string, want []byte, what string) {
 	t.Helper()
@@ -271,14 +284,15 @@ func TestSupersededFetchIsLetGo(t *testing.T) {
 	if s := st[host.Spec.Node]; s.Current != "v3" || s.Previous != "v1" {
 		t.Fatalf("%s: current %q previous %q, want v3 and v1", host.Spec.Node, s.Current, s.Previous)
 	}
-	for _, p := range []string{"archives/web@v2.tar", "manifests/web@v2.json"} {
-		if _, err := os.Stat(filepath.Join(host.Spec.DataDir, p)); err == nil {
-			t.Errorf("%s still has %s", host.Spec.Node, p)
-		}
+	if _, err := os.Stat(filepath.Join(host.Spec.DataDir, "manifests/web@v2.json")); err == nil {
+		t.Errorf("%s still has v2's manifest", host.Spec.Node)
 	}
-	for _, p := range []string{"archives/web@v1.tar", "manifests/web@v1.json", "archives/web@v3.tar"} {
-		if _, err := os.Stat(filepath.Join(host.Spec.DataDir, p)); err != nil {
-			t.Errorf("%s lost %s, which it still needs: %v", host.Spec.Node, p, err)
+	if left := buildBytes(host, "v2"); len(left) > 0 {
+		t.Errorf("%s still has %v", host.Spec.Node, left)
+	}
+	for _, b := range []string{"v1", "v3"} {
+		if _, err := os.Stat(filepath.Join(host.Spec.DataDir, "manifests/web@"+b+".json")); err != nil || len(buildBytes(host, b)) == 0 {
+			t.Errorf("%s lost %s's manifest or bytes, which it still needs (%v)", host.Spec.Node, b, err)
 		}
 	}
 	for _, sd := range fullStatus(t, f, host).Seeds {
@@ -377,15 +391,24 @@ func TestKillFifthOfFleetMidFetch(t *testing.T) {
 	}
 }
 
-// A seed whose archive was damaged on disk while idle: the scrub finds the
-// bad pieces, stops serving them and fetches them again from peers, and
-// status counts them. The live release (an unpacked tree) is not touched.
+// A seed whose archive was damaged on disk while idle (host-2 fetches
+// into archives): the scrub finds the bad pieces, stops serving them and
+// fetches them again from peers, and status counts them. The live release
+// (an unpacked tree) is not touched. A host that fetched into its release
+// (host-3) seeds from the live release: damage there is found by the scrub
+// and those pieces are no longer served, but nothing is ever written into
+// the live release to repair it.
 func TestScrubRepairsIdleCorruption(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "scrub.json")
 	if err := os.WriteFile(cfg, []byte(`{"swarm":{"scrub_interval":"500ms"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f := startFleet(t, 3, 46, func(int) []string { return []string{"--service", "web", "--config", cfg} })
+	f := startFleet(t, 3, 46, func(i int) []string {
+		if i == 1 {
+			return []string{"--service", "web", "--config", cfg, "--fetch-into", "archive"}
+		}
+		return []string{"--service", "web", "--config", cfg}
+	})
 	src := deployV1(t, f, 4<<20)
 	host := f.Agents[1]
 	arch := filepath.Join(host.Spec.DataDir, "archives", "web@v1.tar")
@@ -407,6 +430,32 @@ func TestScrubRepairsIdleCorruption(t *testing.T) {
 	}
 	t.Logf("%s re-fetched %d bad pieces", host.Spec.Node, bad)
 	sameTree(t, src, filepath.Join(host.Spec.DataDir, "services", "web", "current"))
+
+	tree := f.Agents[2]
+	if len(buildBytes(tree, "v1")) != 1 || !strings.HasSuffix(buildBytes(tree, "v1")[0], ".framing") {
+		t.Fatalf("%s did not fetch v1 into its release: %v", tree.Spec.Node, buildBytes(tree, "v1"))
+	}
+	blob := filepath.Join(tree.Spec.DataDir, "services", "web", "releases", "v1", "static", "blob.bin")
+	damage(t, blob, 1<<20, 1<<20, 0)
+	damaged, _ := os.ReadFile(blob)
+	waitHost(t, f, tree, time.Minute, "the scrub to find the damaged live release", func(agent.ServiceStatus) bool {
+		for _, sd := range fullStatus(t, f, tree).Seeds {
+			if sd.Build == "v1" && sd.BadOnDisk > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(2 * time.Second) // scrubs and piece requests go on
+	if got, _ := os.ReadFile(blob); !bytes.Equal(got, damaged) {
+		t.Errorf("%s wrote into its live release to repair it", tree.Spec.Node)
+	}
+	if s := hostStatus(t, f, tree); s.State != core.StateActive || s.Current != "v1" {
+		t.Errorf("%s: %s on %q after the damage was found", tree.Spec.Node, s.State, s.Current)
+	}
+	if b, _ := os.ReadFile(tree.Log); !strings.Contains(string(b), "changed on disk") {
+		t.Errorf("%s's log does not say its release changed on disk", tree.Spec.Node)
+	}
 }
 
 // A host that should run the service (registered in Consul's catalog) and
@@ -434,10 +483,11 @@ func TestStatusWaitNamesDeadHost(t *testing.T) {
 	}
 }
 
-// The disk fills up between the fetch and the unpack (the agent pauses
-// there for the test): the unpack fails with the bytes needed and free,
-// the partial release is removed, `current` stays, the agent lives, and a
-// deploy once space is back installs the build without fetching again.
+// The disk fills up between the fetch and the install (the agent pauses
+// there for the test): the install fails saying so, the fetched tree is
+// kept, `current` stays, the agent lives, and a deploy once space is back
+// installs the build without fetching again. (Fetched as an archive, the
+// partial unpack is removed instead: swap's tests.)
 func TestDiskFullDuringUnpack(t *testing.T) {
 	small := smallDisk(t, "40m")
 	f := startFleet(t, 2, 48, func(int) []string { return []string{"--service", "web"} })
@@ -455,8 +505,8 @@ func TestDiskFullDuringUnpack(t *testing.T) {
 	}
 	s := waitHost(t, f, host, time.Minute, "the unpack to fail", func(s agent.ServiceStatus) bool { return s.State == core.StateFailed })
 	t.Logf("with the disk full: %s", s.LastError)
-	if !strings.Contains(s.LastError, "not enough free disk space") || !strings.Contains(s.LastError, "removed") {
-		t.Errorf("last error %q does not say the disk is full and the partial release was removed", s.LastError)
+	if !strings.Contains(s.LastError, "not enough free disk space") || !strings.Contains(s.LastError, "kept in") {
+		t.Errorf("last error %q does not say the disk is full and the fetched tree was kept", s.LastError)
 	}
 	if s.Current != "" {
 		t.Errorf("current moved to %q", s.Current)
@@ -552,9 +602,16 @@ func TestMembershipChurnDuringFetch(t *testing.T) {
 
 // A host whose archive was damaged while it was down re-hashes what it had
 // when it starts again, serves none of it meanwhile, and fetches the bad
-// pieces again (its piece database said they were fine).
+// pieces again (its piece database said they were fine). (A host that
+// fetched into its release finds the damage the same way, and then the
+// release itself is damaged: TestPowerLossAfterInstall.)
 func TestRestartedSeedChecksBeforeServing(t *testing.T) {
-	f := startFleet(t, 3, 51, func(int) []string { return []string{"--service", "web"} })
+	f := startFleet(t, 3, 51, func(i int) []string {
+		if i == 1 {
+			return []string{"--service", "web", "--fetch-into", "archive"}
+		}
+		return []string{"--service", "web"}
+	})
 	src := deployV1(t, f, 4<<20)
 	host := f.Agents[1]
 	arch := filepath.Join(host.Spec.DataDir, "archives", "web@v1.tar")

@@ -260,8 +260,8 @@ func TestForgedBuildsRefusedBeforeFetching(t *testing.T) {
 			if s.Fetch != nil && s.Fetch.Build == tc.m.Build {
 				t.Errorf("%s on %s: a fetch was started", tc.m.Build, a.Spec.Node)
 			}
-			if _, err := os.Stat(filepath.Join(a.Spec.DataDir, "archives", "web@"+tc.m.Build+".tar")); err == nil {
-				t.Errorf("%s on %s: archive file exists", tc.m.Build, a.Spec.Node)
+			if got := buildBytes(a, tc.m.Build); len(got) > 0 {
+				t.Errorf("%s on %s: fetched bytes exist: %v", tc.m.Build, a.Spec.Node, got)
 			}
 		}
 	}
@@ -350,16 +350,16 @@ func TestNonMemberCannotJoinOrFetch(t *testing.T) {
 	}
 }
 
-// Fleet member gone bad: a host whose archive was corrupted after it
-// completed keeps offering pieces; a host fetching from it bans it on the
+// Fleet member gone bad: a host whose release (which it seeds from) was
+// corrupted after it completed keeps offering pieces; a host fetching from it bans it on the
 // first bad piece, completes from the others (here the origin), and says
 // so in status.
 func TestCorruptPeerIsBanned(t *testing.T) {
 	f := startFleet(t, 3, 37, func(int) []string { return []string{"--service", "web"} })
 	src := deployV1(t, f, 8<<20)
 	bad := f.Agents[1]
-	arch := filepath.Join(bad.Spec.DataDir, "archives", "web@v1.tar")
-	damage(t, arch, 1<<20, 6<<20, 0xa5)
+	// Its release is what it serves (fetched into it): someone writes into it.
+	damage(t, filepath.Join(bad.Spec.DataDir, "services", "web", "releases", "v1", "static", "blob.bin"), 1<<20, 6<<20, 0xa5)
 	// The good seed leaves (cleanly, so it is not expected any more), so
 	// the new host has the bad seed and the origin: it must meet the bad
 	// pieces. (With a good seed beside it, the new host sometimes took
@@ -406,9 +406,9 @@ func TestCorruptPeerIsBanned(t *testing.T) {
 func TestBuildLargerThanFreeSpace(t *testing.T) {
 	small := smallDisk(t, "16m")
 	f := startFleet(t, 2, 38, func(int) []string { return []string{"--service", "web"} })
-	addAgent(t, f, "tiny", "127.0.38.9", filepath.Join(small, "data"))
+	tiny := addAgent(t, f, "tiny", "127.0.38.9", filepath.Join(small, "data"))
 	src := filepath.Join(t.TempDir(), "v1")
-	makeTree(t, src, 12<<20, "v1") // 12 MB archive + 12 MB unpacked > 16 MB
+	makeTree(t, src, 20<<20, "v1") // 20 MB > 16 MB (fetched into the release, a build needs its size once)
 	shoal(t, f, "publish", "--service", "web", "--build", "v1", src)
 	shoal(t, f, "deploy", "web", "v1")
 	st, _ := waitSettled(t, f, "web")
@@ -419,8 +419,8 @@ func TestBuildLargerThanFreeSpace(t *testing.T) {
 	if s.Fetch != nil {
 		t.Errorf("tiny started a fetch: %+v", s.Fetch)
 	}
-	if _, err := os.Stat(filepath.Join(small, "data", "archives", "web@v1.tar")); err == nil {
-		t.Error("tiny has an archive file for v1")
+	if got := buildBytes(tiny, "v1"); len(got) > 0 {
+		t.Errorf("tiny has fetched bytes of v1: %v", got)
 	}
 	for _, a := range f.Agents[:2] {
 		if s := st[a.Spec.Node]; s.State != core.StateActive || s.Current != "v1" {

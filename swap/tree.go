@@ -53,10 +53,14 @@ func (s *Store) InstallTree(ctx context.Context, build, tree string, archive *io
 		return st, err
 	}
 	fault("before-unpack")
+	full := func(err error) error {
+		return fmt.Errorf("swap: install %s: %w: the disk filled up while installing the fetched tree (%v); it was kept in %s, so the next attempt fetches nothing again: free space and deploy again",
+			build, ErrNoSpace, err, tree)
+	}
 	st, err := applyFraming(io.NewSectionReader(archive, 0, archive.Size()), tree, regions, lim)
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
-			return st, fmt.Errorf("swap: install %s: %w: the disk filled up while setting up the release; free space and deploy again", build, ErrNoSpace)
+			return st, full(err)
 		}
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
@@ -66,7 +70,13 @@ func (s *Store) InstallTree(ctx context.Context, build, tree string, archive *io
 	if err := os.Chmod(tree, 0o755); err != nil {
 		return st, fmt.Errorf("swap: install %s: %w", build, err)
 	}
-	return st, s.finish(build, tree, sha256hex)
+	if err := s.finish(build, tree, sha256hex); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return st, full(err)
+		}
+		return st, err
+	}
+	return st, nil
 }
 
 // applyFraming makes dest what Unpack would make of the tar stream r, given

@@ -310,6 +310,16 @@ func (x *Transfer) reverify(ctx context.Context) (int, error) {
 	if err != nil {
 		return bad, fmt.Errorf("swarm: reverify %s/%s: %w", x.m.Service, x.m.Build, err)
 	}
+	if bad > 0 && x.pl.sealed.Load() {
+		// The installed release is what this host seeds, and a release is
+		// never written to: those pieces are no longer served, and that
+		// is all (its seal check reports the damage where it matters).
+		x.badOnDisk.Add(int64(bad))
+		x.t.DisallowDataDownload()
+		x.s.log.Error().Str("service", x.m.Service).Str("build", x.m.Build).Int("pieces", bad).Str("release", x.pl.tree).
+			Msg("installed release changed on disk: those pieces no longer match the build and are not served; nothing is written into a release, so deploy another build or roll back to replace it")
+		return bad, nil
+	}
 	if bad > 0 {
 		x.badOnDisk.Add(int64(bad))
 		x.resume()
@@ -327,6 +337,11 @@ func (x *Transfer) reverify(ctx context.Context) (int, error) {
 func (x *Transfer) onWriteError(err error) {
 	x.writeErr.Store(&err)
 	x.t.DisallowDataDownload()
+	if errors.Is(err, ErrReadOnly) {
+		x.s.log.Error().Err(err).Str("service", x.m.Service).Str("build", x.m.Build).
+			Msg("installed release changed on disk: its damaged pieces are not fetched into it again (a release is never written to); deploy another build or roll back to replace it")
+		return
+	}
 	x.s.log.Error().Err(err).Str("service", x.m.Service).Str("build", x.m.Build).Msg("cannot write a piece to disk; download stopped until the next attempt")
 }
 
