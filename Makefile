@@ -48,7 +48,7 @@ bench-commander: consul build
 
 # Each fuzz target for FUZZTIME (make test runs their seed corpora).
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./core:FuzzUnmarshalManifest ./core:FuzzUnmarshalRelease ./swap:FuzzUnpack \
+FUZZ_TARGETS := ./core:FuzzUnmarshalManifest ./core:FuzzUnmarshalRelease ./swap:FuzzUnpack ./swap:FuzzLayout \
 	./trust:FuzzPeerAuthCheck ./trust:FuzzParseKeys ./agent:FuzzDecodeRequests
 fuzz: consul
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \

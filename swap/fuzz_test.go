@@ -83,3 +83,52 @@ func FuzzUnpack(f *testing.F) {
 		})
 	})
 }
+
+// Whatever an archive holds, Layout never panics, and when it succeeds
+// its regions cover the archive exactly, in order, framing and contents
+// alternating, each contents region a clean local name with the bytes the
+// tar reader gives for that file.
+func FuzzLayout(f *testing.F) {
+	src := f.TempDir()
+	mkTreeF(f, src)
+	var packed bytes.Buffer
+	if _, err := Pack(src, &packed); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(packed.Bytes())
+	f.Add([]byte{})
+	f.Add(bytes.Repeat([]byte{0}, 1024))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		regions, err := Layout(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		off := int64(0)
+		for i, r := range regions {
+			if r.Off != off || r.Len < 0 || (i%2 == 1) != (r.Path != "") {
+				t.Fatalf("region %d %+v does not follow on from %d, or breaks the alternation", i, r, off)
+			}
+			if i%2 == 1 {
+				if clean, err := LocalName(r.Path); err != nil || clean != r.Path || r.Len == 0 {
+					t.Fatalf("contents region %+v: name %v", r, err)
+				}
+			}
+			off += r.Len
+		}
+		if len(regions)%2 != 1 || off != int64(len(b)) {
+			t.Fatalf("%d regions cover %d of %d bytes", len(regions), off, len(b))
+		}
+	})
+}
+
+func mkTreeF(f *testing.F, dir string) {
+	for name, data := range map[string]string{"bin/app": "#!/bin/sh\n", "a/b/c": strings.Repeat("c", 3000), "empty": ""} {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			f.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			f.Fatal(err)
+		}
+	}
+}

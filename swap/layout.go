@@ -40,6 +40,9 @@ func Layout(r io.Reader) ([]Region, error) {
 		if err != nil {
 			return nil, fmt.Errorf("swap: layout: %w", err)
 		}
+		if h.Typeflag == tar.TypeGNUSparse || hasSparseRecords(h) {
+			return nil, fmt.Errorf("swap: layout: %w: %q is a sparse file", ErrUnsafeArchive, h.Name)
+		}
 		if h.Typeflag != tar.TypeReg || h.Size <= 0 {
 			continue
 		}
@@ -52,7 +55,9 @@ func Layout(r io.Reader) ([]Region, error) {
 		if _, err := io.Copy(io.Discard, tr); err != nil {
 			return nil, fmt.Errorf("swap: layout %s: %w", h.Name, err)
 		}
-		last = start + h.Size
+		if last = start + h.Size; cr.n != last {
+			return nil, fmt.Errorf("swap: layout: %q holds %d bytes of the archive for a size of %d", h.Name, cr.n-start, h.Size)
+		}
 	}
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		return nil, fmt.Errorf("swap: layout: %w", err)
