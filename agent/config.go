@@ -76,7 +76,7 @@ type Config struct {
 	// goes to a small side file) or "archive" (into the build's archive,
 	// which the install then unpacks, writing every byte a second time).
 	// Builds published with more files than fit a manifest's layout list
-	// (about 4,000) are fetched as archives either way, as is any build
+	// (about 2,000) are fetched as archives either way, as is any build
 	// this host already has as an archive (the origin's, for one).
 	FetchInto string `json:"fetch_into,omitempty"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the API address.

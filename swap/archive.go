@@ -139,56 +139,18 @@ type Stats struct {
 // never followed while unpacking. Sizes and entry counts are checked
 // against lim before anything is written for the entry (ErrArchiveLimit).
 func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
-	var st Stats
-	root, err := os.OpenRoot(dest)
-	if err != nil {
-		return st, fmt.Errorf("swap: unpack: %w", err)
-	}
-	defer root.Close()
 	tr := tar.NewReader(r)
-	type dirMode struct {
-		name string
-		mode fs.FileMode
-	}
-	var dirs []dirMode
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return st, fmt.Errorf("swap: unpack: %w", err)
-		}
-		st.Entries++
-		if lim.MaxEntries >= 0 && st.Entries > lim.MaxEntries {
-			return st, fmt.Errorf("swap: unpack: %w: more than %d entries", ErrArchiveLimit, lim.MaxEntries)
-		}
-		name, err := entryName(root, h)
-		if err != nil {
-			return st, err
-		}
-		perm, dropped := entryPerm(h, lim)
-		if dropped {
-			st.SpecialBitsDropped++
-		}
+	return walkEntries(tr, dest, "unpack", lim, func(root *os.Root, h *tar.Header, name string, perm fs.FileMode) error {
 		switch h.Typeflag {
 		case tar.TypeDir:
 			if err := root.Mkdir(name, 0o700); err != nil {
-				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+				return fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 			}
-			dirs = append(dirs, dirMode{name, perm})
 		case tar.TypeReg:
-			if h.Size < 0 {
-				return st, fmt.Errorf("swap: unpack: %w: %q has size %d", ErrUnsafeArchive, h.Name, h.Size)
-			}
-			st.Bytes += h.Size
-			if lim.MaxBytes >= 0 && st.Bytes > lim.MaxBytes {
-				return st, fmt.Errorf("swap: unpack: %w: more than the %d bytes declared", ErrArchiveLimit, lim.MaxBytes)
-			}
 			// O_EXCL: never through an existing entry, dangling symlinks included.
 			f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 			if err != nil {
-				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+				return fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 			}
 			n, err := copyLarge(f, tr)
 			if err == nil && n != h.Size {
@@ -201,25 +163,85 @@ func Unpack(r io.Reader, dest string, lim Limits) (Stats, error) {
 				err = cerr
 			}
 			if err != nil {
-				return st, fmt.Errorf("swap: unpack %s: %w", h.Name, err)
+				return fmt.Errorf("swap: unpack %s: %w", h.Name, err)
 			}
 			_ = root.Chtimes(name, h.ModTime, h.ModTime)
 		case tar.TypeSymlink:
-			if h.Linkname == "" {
-				return st, fmt.Errorf("swap: unpack: %w: symlink %q has no target", ErrUnsafeArchive, h.Name)
-			}
 			if err := root.Symlink(h.Linkname, name); err != nil {
-				return st, fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+				return fmt.Errorf("swap: unpack: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// walkEntries reads every entry of tr and hands it to do with the checks
+// Unpack and applyFraming share made first: the entry count and (for a
+// regular file) the byte total within lim, the name (entryName: local, no
+// parent that is not a directory), the kind (files, directories and
+// symlinks with a target only) and the mode (entryPerm; st counts dropped
+// special bits). do makes the entry under dest's root. Directory modes are
+// set after the last entry, so a read-only directory can still be filled;
+// op names the caller in errors.
+func walkEntries(tr *tar.Reader, dest, op string, lim Limits, do func(root *os.Root, h *tar.Header, name string, perm fs.FileMode) error) (Stats, error) {
+	var st Stats
+	root, err := os.OpenRoot(dest)
+	if err != nil {
+		return st, fmt.Errorf("swap: %s: %w", op, err)
+	}
+	defer root.Close()
+	type dirMode struct {
+		name string
+		mode fs.FileMode
+	}
+	var dirs []dirMode
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return st, fmt.Errorf("swap: %s: %w", op, err)
+		}
+		st.Entries++
+		if lim.MaxEntries >= 0 && st.Entries > lim.MaxEntries {
+			return st, fmt.Errorf("swap: %s: %w: more than %d entries", op, ErrArchiveLimit, lim.MaxEntries)
+		}
+		name, err := entryName(root, h)
+		if err != nil {
+			return st, err
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+		case tar.TypeReg:
+			if h.Size < 0 {
+				return st, fmt.Errorf("swap: %s: %w: %q has size %d", op, ErrUnsafeArchive, h.Name, h.Size)
+			}
+			st.Bytes += h.Size
+			if lim.MaxBytes >= 0 && st.Bytes > lim.MaxBytes {
+				return st, fmt.Errorf("swap: %s: %w: more than the %d bytes declared", op, ErrArchiveLimit, lim.MaxBytes)
+			}
+		case tar.TypeSymlink:
+			if h.Linkname == "" {
+				return st, fmt.Errorf("swap: %s: %w: symlink %q has no target", op, ErrUnsafeArchive, h.Name)
 			}
 		default:
-			return st, fmt.Errorf("swap: unpack: %w: %q is a %s; only files, directories and symlinks ship", ErrUnsafeArchive, h.Name, typeName(h.Typeflag))
+			return st, fmt.Errorf("swap: %s: %w: %q is a %s; only files, directories and symlinks ship", op, ErrUnsafeArchive, h.Name, typeName(h.Typeflag))
+		}
+		perm, dropped := entryPerm(h, lim)
+		if dropped {
+			st.SpecialBitsDropped++
+		}
+		if err := do(root, h, name, perm); err != nil {
+			return st, err
+		}
+		if h.Typeflag == tar.TypeDir {
+			dirs = append(dirs, dirMode{name, perm})
 		}
 	}
-	// Directory modes last, so a read-only directory can still be filled.
-	// Each was made by Mkdir above and no later entry can replace it.
 	for i := len(dirs) - 1; i >= 0; i-- {
 		if err := root.Chmod(dirs[i].name, dirs[i].mode); err != nil {
-			return st, fmt.Errorf("swap: unpack: %w", err)
+			return st, fmt.Errorf("swap: %s: %w", op, err)
 		}
 	}
 	return st, nil

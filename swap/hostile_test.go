@@ -55,6 +55,22 @@ func snapshot(t *testing.T, dir string, skip string) map[string]string {
 	return out
 }
 
+// unchanged fails for every entry of before that after lacks or has
+// otherwise, and for every entry after has that before did not.
+func unchanged(t *testing.T, before, after map[string]string) {
+	t.Helper()
+	for p, v := range before {
+		if after[p] != v {
+			t.Errorf("%s changed: %q -> %q", p, v, after[p])
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s appeared", p)
+		}
+	}
+}
+
 // entry is one tar entry to craft; data is written for regular files.
 type entry struct {
 	h    tar.Header
@@ -149,17 +165,7 @@ func TestInstallRefusesHostileArchives(t *testing.T) {
 			if ents, _ := os.ReadDir(filepath.Join(root, "cold")); len(ents) != 0 {
 				t.Errorf("cold dir not cleaned: %v", ents)
 			}
-			after := snapshot(t, base, filepath.Join(root, "cold"))
-			for p, v := range before {
-				if after[p] != v {
-					t.Errorf("%s changed: %q -> %q", p, v, after[p])
-				}
-			}
-			for p := range after {
-				if _, ok := before[p]; !ok {
-					t.Errorf("%s appeared", p)
-				}
-			}
+			unchanged(t, before, snapshot(t, base, filepath.Join(root, "cold")))
 		})
 	}
 }

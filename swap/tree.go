@@ -84,47 +84,16 @@ func (s *Store) InstallTree(ctx context.Context, build, tree string, archive *io
 // put them. r must be seekable: the tar reader skips the contents instead
 // of reading them again.
 func applyFraming(r io.ReadSeeker, dest string, regions []Region, lim Limits) (Stats, error) {
-	var st Stats
-	root, err := os.OpenRoot(dest)
-	if err != nil {
-		return st, fmt.Errorf("swap: apply framing: %w", err)
-	}
-	defer root.Close()
-	tr := tar.NewReader(r)
-	type dirMode struct {
-		name string
-		mode fs.FileMode
-	}
-	var dirs []dirMode
 	seen := map[string]bool{}
 	next := 1 // the next contents region
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return st, fmt.Errorf("swap: apply framing: %w", err)
-		}
-		st.Entries++
-		if lim.MaxEntries >= 0 && st.Entries > lim.MaxEntries {
-			return st, fmt.Errorf("swap: apply framing: %w: more than %d entries", ErrArchiveLimit, lim.MaxEntries)
-		}
-		name, err := entryName(root, h)
-		if err != nil {
-			return st, err
-		}
+	st, err := walkEntries(tar.NewReader(r), dest, "apply framing", lim, func(root *os.Root, h *tar.Header, name string, perm fs.FileMode) error {
 		slash := filepath.ToSlash(name)
 		if seen[slash] {
-			return st, fmt.Errorf("swap: apply framing: %w: %q appears twice", ErrUnsafeArchive, h.Name)
+			return fmt.Errorf("swap: apply framing: %w: %q appears twice", ErrUnsafeArchive, h.Name)
 		}
 		seen[slash] = true
 		if parent := filepath.Dir(slash); parent != "." && !seen[parent] {
-			return st, fmt.Errorf("swap: apply framing: %w: %q comes before its directory", ErrUnsafeArchive, h.Name)
-		}
-		perm, dropped := entryPerm(h, lim)
-		if dropped {
-			st.SpecialBitsDropped++
+			return fmt.Errorf("swap: apply framing: %w: %q comes before its directory", ErrUnsafeArchive, h.Name)
 		}
 		switch h.Typeflag {
 		case tar.TypeDir:
@@ -132,60 +101,43 @@ func applyFraming(r io.ReadSeeker, dest string, regions []Region, lim Limits) (S
 				// Made by the fetch as the parent of a file, or by an
 				// earlier attempt: a real directory is what is wanted.
 				if fi, lerr := root.Lstat(name); !errors.Is(err, fs.ErrExist) || lerr != nil || !fi.IsDir() {
-					return st, fmt.Errorf("swap: apply framing: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+					return fmt.Errorf("swap: apply framing: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 				}
 			}
-			dirs = append(dirs, dirMode{name, perm})
 		case tar.TypeReg:
-			if h.Size < 0 {
-				return st, fmt.Errorf("swap: apply framing: %w: %q has size %d", ErrUnsafeArchive, h.Name, h.Size)
-			}
-			st.Bytes += h.Size
-			if lim.MaxBytes >= 0 && st.Bytes > lim.MaxBytes {
-				return st, fmt.Errorf("swap: apply framing: %w: more than the %d bytes declared", ErrArchiveLimit, lim.MaxBytes)
-			}
 			if h.Size > 0 {
 				at, err := r.Seek(0, io.SeekCurrent)
 				if err != nil {
-					return st, fmt.Errorf("swap: apply framing: %w", err)
+					return fmt.Errorf("swap: apply framing: %w", err)
 				}
 				if next >= len(regions) || regions[next].Off != at || regions[next].Len != h.Size || regions[next].Path != slash {
-					return st, fmt.Errorf("swap: apply framing: %w: %q (%d bytes at %d) is not where the layout placed it", ErrUnsafeArchive, h.Name, h.Size, at)
+					return fmt.Errorf("swap: apply framing: %w: %q (%d bytes at %d) is not where the layout placed it", ErrUnsafeArchive, h.Name, h.Size, at)
 				}
 				next += 2
 			} else if f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err == nil {
 				f.Close()
 			} else if !errors.Is(err, fs.ErrExist) {
-				return st, fmt.Errorf("swap: apply framing: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+				return fmt.Errorf("swap: apply framing: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 			}
 			fi, err := root.Lstat(name)
 			if err != nil || !fi.Mode().IsRegular() || fi.Size() != h.Size {
-				return st, fmt.Errorf("swap: apply framing: %w: %q is not the %d-byte file the layout placed (%v)", ErrUnsafeArchive, h.Name, h.Size, err)
+				return fmt.Errorf("swap: apply framing: %w: %q is not the %d-byte file the layout placed (%v)", ErrUnsafeArchive, h.Name, h.Size, err)
 			}
 			if err := root.Chmod(name, perm); err != nil {
-				return st, fmt.Errorf("swap: apply framing: %w", err)
+				return fmt.Errorf("swap: apply framing: %w", err)
 			}
 			_ = root.Chtimes(name, h.ModTime, h.ModTime)
 		case tar.TypeSymlink:
-			if h.Linkname == "" {
-				return st, fmt.Errorf("swap: apply framing: %w: symlink %q has no target", ErrUnsafeArchive, h.Name)
-			}
 			if err := root.Symlink(h.Linkname, name); err != nil {
 				if target, rerr := root.Readlink(name); !errors.Is(err, fs.ErrExist) || rerr != nil || target != h.Linkname {
-					return st, fmt.Errorf("swap: apply framing: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
+					return fmt.Errorf("swap: apply framing: %w: %q: %v", ErrUnsafeArchive, h.Name, err)
 				}
 			}
-		default:
-			return st, fmt.Errorf("swap: apply framing: %w: %q is a %s; only files, directories and symlinks ship", ErrUnsafeArchive, h.Name, typeName(h.Typeflag))
 		}
+		return nil
+	})
+	if err == nil && next != len(regions) {
+		err = fmt.Errorf("swap: apply framing: %w: the layout placed files no header claims", ErrUnsafeArchive)
 	}
-	if next != len(regions) {
-		return st, fmt.Errorf("swap: apply framing: %w: the layout placed files no header claims", ErrUnsafeArchive)
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := root.Chmod(dirs[i].name, dirs[i].mode); err != nil {
-			return st, fmt.Errorf("swap: apply framing: %w", err)
-		}
-	}
-	return st, nil
+	return st, err
 }

@@ -134,15 +134,7 @@ func TestInstallTreeRefusesHostileArchives(t *testing.T) {
 			if s.Has("v1") {
 				t.Error("hostile build was installed")
 			}
-			after := snapshot(t, outside, "")
-			for p, v := range before {
-				if after[p] != v {
-					t.Errorf("%s changed: %q -> %q", p, v, after[p])
-				}
-			}
-			if len(after) != len(before) {
-				t.Errorf("entries outside: %d, were %d", len(after), len(before))
-			}
+			unchanged(t, before, snapshot(t, outside, ""))
 		})
 	}
 }
@@ -214,15 +206,7 @@ func TestInstallTreeVerifiesFirstAndRetries(t *testing.T) {
 	if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf([]byte("other")), NoLimits); !errors.Is(err, ErrVerifyFailed) {
 		t.Fatalf("wrong sum: %v, want ErrVerifyFailed", err)
 	}
-	after := snapshot(t, tree, "")
-	if len(after) != len(before) {
-		t.Errorf("a failed verification changed the tree: %d entries, were %d", len(after), len(before))
-	}
-	for p, v := range before {
-		if after[p] != v {
-			t.Errorf("%s changed: %q -> %q", p, v, after[p])
-		}
-	}
+	unchanged(t, before, snapshot(t, tree, "")) // a failed verification touches nothing
 	if _, err := applyFraming(io.NewSectionReader(r, 0, r.Size()), tree, regions, NoLimits); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -158,5 +159,63 @@ func TestTreeLayoutRefusesHostileNames(t *testing.T) {
 		if _, err := ps.OpenTorrent(context.Background(), &info, ih); !errors.Is(err, ErrBadMetaInfo) {
 			t.Errorf("layout with %q: %v, want ErrBadMetaInfo", bad, err)
 		}
+	}
+}
+
+// A build with more files than a manifest's layout list can hold gets a
+// plain metainfo, and a host set to fetch into trees fetches it as an
+// archive.
+func TestManyFilesFallBackToArchive(t *testing.T) {
+	ctx := context.Background()
+	nodes := startSwarms(t, 2, 45, zerolog.Nop(), nil)
+	tree := filepath.Join(t.TempDir(), "fetching", "v2")
+	nodes[1].cfg.TreeDir = func(_, _ string) (string, bool) { return tree, false }
+	src := t.TempDir()
+	for i := range 3000 {
+		name := filepath.Join(src, fmt.Sprintf("some/rather/long/directory/name/file-%05d.txt", i))
+		if i == 0 {
+			if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(name, []byte{byte(i)}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var archive bytes.Buffer
+	if _, err := swap.Pack(src, &archive); err != nil {
+		t.Fatal(err)
+	}
+	m := &core.Manifest{Service: "web", Build: "v2", Origin: nodes[0].cfg.Node}
+	if err := os.WriteFile(nodes[0].ArchivePath("web", "v2"), archive.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[0].Describe(m); err != nil {
+		t.Fatal(err)
+	}
+	mi, _ := metainfo.Load(bytes.NewReader(m.MetaInfo))
+	if info, _ := mi.UnmarshalInfo(); IsLayout(&info) || len(m.MetaInfo) > maxLayoutInfo {
+		t.Fatalf("3,000 files: layout %v, metainfo %d bytes", IsLayout(&info), len(m.MetaInfo))
+	}
+	if _, err := nodes[0].Add(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	x, err := nodes[1].Add(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := x.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if x.Tree() != "" {
+		t.Errorf("fetched into %q", x.Tree())
+	}
+	if got, err := os.ReadFile(nodes[1].ArchivePath("web", "v2")); err != nil || !bytes.Equal(got, archive.Bytes()) {
+		t.Errorf("the archive fetched differs (%v)", err)
+	}
+	if _, err := os.Stat(tree); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a tree was made for a build fetched as an archive (%v)", err)
 	}
 }
