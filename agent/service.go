@@ -362,10 +362,13 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 		fetch := s.fetch
 		if s.a.cfg.Fetch == FetchOrigin {
 			fetch = s.fetchFromOrigin
-		} else if s.a.cfg.FetchInto == FetchIntoRelease && s.store.Has(build) && build != s.store.Current() {
+		} else if s.a.cfg.FetchInto == FetchIntoRelease && s.store.Has(build) && build != s.store.Current() &&
+			allocated(s.a.swarm.ArchivePath(s.name, build)) == 0 {
 			// Fetched into its release, a damaged or stale release is the
 			// build's only copy here: it goes (as the install would remove
 			// it), and the build is fetched afresh into a cold directory.
+			// (A host with the build's archive, the origin for one,
+			// installs again from the archive, as the install below does.)
 			if damaged := s.store.Intact(build); damaged != nil {
 				s.log.Error().Err(damaged).Str("build", build).Msg("installed release is damaged; installing it again from a new fetch")
 			} else {

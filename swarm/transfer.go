@@ -130,7 +130,8 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	return nil
 }
 
-// maxLayoutInfo bounds a layout metainfo (about 60 bytes per file): the
+// maxLayoutInfo bounds a layout metainfo (~110 bytes per file with
+// 30-character paths, so about 2,000 files): the
 // manifest carries it, base64, in one Consul value (512 KiB at most).
 // A build with more files is fetched as an archive.
 const maxLayoutInfo = 256 << 10
