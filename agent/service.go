@@ -721,8 +721,14 @@ func (s *service) fetch(ctx context.Context, m *core.Manifest) error {
 // Each goes with its torrent, archive and manifest copy. It runs after
 // every activation and every few minutes, on the service's goroutine.
 func (s *service) prune() {
-	for _, b := range s.store.Prune(s.cfg.KeepReleases) {
+	for _, b := range s.store.Prunable(s.cfg.KeepReleases) {
+		// Its torrent first: a build fetched into its release is seeded
+		// from the release until then.
 		s.forget(b)
+		if err := s.store.Remove(b); err != nil {
+			s.log.Warn().Err(err).Str("build", b).Msg("prune failed")
+			continue
+		}
 		s.log.Info().Str("build", b).Msg("pruned old release")
 	}
 	grace := s.a.cfg.BuildGrace.D()
@@ -814,13 +820,13 @@ func (s *service) makeRoom(need int64) []string {
 		if free, err := swap.FreeBytes(s.a.cfg.DataDir); err != nil || free-start >= need {
 			break
 		}
+		s.forget(b) // its torrent first, as in prune
 		if s.store.Has(b) {
 			if err := s.store.Remove(b); err != nil {
 				s.log.Warn().Err(err).Str("build", b).Msg("cannot evict release")
 				continue
 			}
 		}
-		s.forget(b)
 		dropped = append(dropped, b)
 		s.log.Warn().Str("build", b).Int64("need_bytes", need).Msg("evicted to free disk space")
 	}

@@ -321,24 +321,34 @@ func (s *Store) setLink(name, build string) error {
 }
 
 // Prune removes installed releases until keep remain (current and previous
-// count toward keep and are never removed; the others go oldest first). It returns what it removed.
+// count toward keep and are never removed; the others go oldest first).
+// It returns what it removed.
 func (s *Store) Prune(keep int) []string {
+	var removed []string
+	for _, b := range s.Prunable(keep) {
+		if err := s.Remove(b); err == nil {
+			removed = append(removed, b)
+		} else {
+			s.log.Warn().Err(err).Str("build", b).Msg("prune failed")
+		}
+	}
+	return removed
+}
+
+// Prunable lists the releases Prune(keep) would remove, newest first.
+func (s *Store) Prunable(keep int) []string {
 	keep = max(keep, 2)
 	evictable := s.Evictable()
 	kept := len(s.Installed()) - len(evictable) // current and previous
-	var removed []string
+	var out []string
 	for i := len(evictable) - 1; i >= 0; i-- { // newest first
 		if kept < keep {
 			kept++
 			continue
 		}
-		if err := s.Remove(evictable[i]); err == nil {
-			removed = append(removed, evictable[i])
-		} else {
-			s.log.Warn().Err(err).Str("build", evictable[i]).Msg("prune failed")
-		}
+		out = append(out, evictable[i])
 	}
-	return removed
+	return out
 }
 
 // Evictable lists installed releases other than current and previous,
