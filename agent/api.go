@@ -150,6 +150,8 @@ type HostStatus struct {
 	HTTPServed int64 `json:"http_served"`
 	// FetchMethod is swarm or origin.
 	FetchMethod string `json:"fetch_method"`
+	// FetchInto is where fetched bytes go: release or archive.
+	FetchInto string `json:"fetch_into"`
 	// TrustedKeys are the ids of the keys whose builds this host runs.
 	TrustedKeys []string `json:"trusted_keys"`
 	// Insecure is set in dev mode: unsigned builds, unencrypted gossip.
@@ -165,7 +167,7 @@ type HostStatus struct {
 }
 
 func (a *Agent) fullStatus() HostStatus {
-	return HostStatus{Status: a.Status(), Seeds: a.swarm.Seeds(), HTTPServed: a.origin.served.Load(), FetchMethod: a.cfg.Fetch,
+	return HostStatus{Status: a.Status(), Seeds: a.swarm.Seeds(), HTTPServed: a.origin.served.Load(), FetchMethod: a.cfg.Fetch, FetchInto: a.cfg.FetchInto,
 		TrustedKeys: a.keys.IDs(), Insecure: a.cfg.InsecureDev, BannedPeers: a.swarm.BannedPeers(), BadPieces: a.swarm.BadPieces(), Counters: a.swarm.Counters()}
 }
 

@@ -391,7 +391,7 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			if x := s.a.swarm.Transfer(s.name, build); x != nil && x.Tree() != "" && s.a.cfg.Fetch == FetchSwarm {
 				// Fetched into the cold release: only the framing is left to apply.
 				if st, err = s.store.InstallTree(ctx, build, x.Tree(), x.Archive(), x.Layout(), m.SHA256, s.limits(m)); err == nil {
-					x.Installed()
+					x.Installed(s.store.ReleaseDir(build))
 				}
 			} else {
 				st, err = s.store.Install(ctx, build, s.a.swarm.ArchivePath(s.name, build), m.SHA256, s.limits(m))

@@ -50,6 +50,7 @@ type placement struct {
 	tree    string // the release tree being fetched; "" for archive placement
 	sealed  atomic.Bool
 	open    atomic.Pointer[placed] // the engine's open storage of it
+	moved   atomic.Pointer[string] // where the tree went when it was installed
 }
 
 // framingPath is the side file of a tree placement: the archive's tar
@@ -379,6 +380,18 @@ func (r archiveReader) ReadAt(b []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("swarm: read archive: %w", fs.ErrClosed)
 	}
 	return p.open.Load().rw(b, off, false)
+}
+
+// where is where this build's bytes are: the archive, or the tree (the
+// installed release once Installed says so, the fetch dir before).
+func (x *Transfer) where() string {
+	if x.pl.tree == "" {
+		return x.pl.archive
+	}
+	if p := x.pl.moved.Load(); p != nil {
+		return *p
+	}
+	return x.pl.tree
 }
 
 // Layout is the layout this build's bytes were placed by when it is

@@ -557,11 +557,15 @@ func (x *Transfer) Archive() *io.SectionReader {
 	return io.NewSectionReader(archiveReader{x.s.ps, x.t.InfoHash()}, 0, x.m.Size)
 }
 
-// Installed tells the swarm that the tree was installed as the release:
-// from now on it only reads it. A piece found bad later (someone wrote
+// Installed tells the swarm that the tree was installed as the release
+// at dir (the storage, holding the tree open, follows the rename by
+// itself): from now on it only reads it. A piece found bad later (someone wrote
 // into the release) is not fetched again into it: the download stops
 // with ErrReadOnly, and the release's own seal check reports the damage.
-func (x *Transfer) Installed() { x.pl.sealed.Store(true) }
+func (x *Transfer) Installed(dir string) {
+	x.pl.moved.Store(&dir)
+	x.pl.sealed.Store(true)
+}
 
 // Wait blocks until every piece is verified, or ctx is done.
 func (x *Transfer) Wait(ctx context.Context) error {
@@ -652,6 +656,11 @@ type Seed struct {
 	BadOnDisk int64 `json:"bad_on_disk,omitempty"`
 	// Checking: re-hashed after a restart, not served until done.
 	Checking bool `json:"checking,omitempty"`
+	// Path is where the build's bytes are: its archive, or the tree it
+	// was fetched into (the cold directory, then its installed release);
+	// InRelease says which.
+	Path      string `json:"path"`
+	InRelease bool   `json:"in_release,omitempty"`
 }
 
 // Seeds lists every build this host shares, sorted by service and build.
@@ -665,7 +674,8 @@ func (s *Swarm) Seeds() []Seed {
 	out := make([]Seed, 0, len(xs))
 	for _, x := range xs {
 		out = append(out, Seed{Service: x.m.Service, Build: x.m.Build, Have: x.verified(), Total: x.m.Size,
-			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns()), BadOnDisk: x.badOnDisk.Load(), Checking: x.checking.Load()})
+			Uploaded: x.uploaded(), Peers: len(x.t.PeerConns()), BadOnDisk: x.badOnDisk.Load(), Checking: x.checking.Load(),
+			Path: x.where(), InRelease: x.pl.tree != ""})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Service != out[j].Service {

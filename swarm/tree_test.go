@@ -100,7 +100,10 @@ func TestFetchIntoTree(t *testing.T) {
 		if _, err := stores[i].InstallTree(ctx, "v1", x.Tree(), x.Archive(), x.Layout(), m.SHA256, swap.NoLimits); err != nil {
 			t.Fatalf("n%d: install: %v", i, err)
 		}
-		x.Installed()
+		x.Installed(stores[i].ReleaseDir("v1"))
+		if seeds := nodes[i].Seeds(); len(seeds) != 1 || seeds[0].Path != stores[i].ReleaseDir("v1") || !seeds[0].InRelease {
+			t.Errorf("n%d: status says the build is at %+v, want its release", i, seeds)
+		}
 		rel := stores[i].ReleaseDir("v1")
 		if got, _ := os.ReadFile(filepath.Join(rel, "bin/app")); !bytes.Equal(got, big) {
 			t.Errorf("n%d: bin/app differs", i)
