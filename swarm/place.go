@@ -60,8 +60,8 @@ func framingPath(archive string) string { return archive + ".framing" }
 // placeStorage is the engine's storage for every build.
 type placeStorage struct {
 	pc  *pieceDB
-	dir string // the archives directory
-	mu  sync.Mutex
+	dir string     // the archives directory
+	mu  sync.Mutex // guards at
 	at  map[metainfo.Hash]*placement
 }
 
