@@ -50,6 +50,17 @@ func TestFetchIntoTree(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// More files than a build keeps open (maxOpenFiles): the storage
+	// closes and reopens them as pieces span them.
+	for i := range 3 * maxOpenFiles {
+		p := filepath.Join(src, "many", fmt.Sprintf("f%03d", i))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, bytes.Repeat([]byte{byte(i)}, 5000+i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.Chmod(filepath.Join(src, "bin/app"), 0o751); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +127,11 @@ func TestFetchIntoTree(t *testing.T) {
 		}
 		if fi, err := os.Stat(filepath.Join(rel, "empty")); err != nil || fi.Size() != 0 {
 			t.Errorf("n%d: empty file: %v", i, err)
+		}
+		for j := range 3 * maxOpenFiles {
+			if got, err := os.ReadFile(filepath.Join(rel, "many", fmt.Sprintf("f%03d", j))); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{byte(j)}, 5000+j)) {
+				t.Fatalf("n%d: many/f%03d differs (%v)", i, j, err)
+			}
 		}
 		if err := stores[i].Intact("v1"); err != nil {
 			t.Errorf("n%d: installed release not intact: %v", i, err)
