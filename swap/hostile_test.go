@@ -129,17 +129,7 @@ func oldGNUSparseBomb(t *testing.T, name string, size int64) []byte {
 // empty and nothing outside the service root changed — compared over the
 // whole parent tree, which holds a victim directory and file.
 func TestInstallRefusesHostileArchives(t *testing.T) {
-	base := t.TempDir()
-	outside := filepath.Join(base, "outside")
-	if err := os.MkdirAll(outside, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	victim := filepath.Join(outside, "victim")
-	if err := os.WriteFile(victim, []byte("precious"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	old := time.Now().Add(-time.Hour)
-	_ = os.Chtimes(victim, old, old)
+	base, outside, victim := victimTree(t)
 	cases := hostileArchives(t, outside, victim)
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -168,6 +158,24 @@ func TestInstallRefusesHostileArchives(t *testing.T) {
 			unchanged(t, before, snapshot(t, base, filepath.Join(root, "cold")))
 		})
 	}
+}
+
+// victimTree makes base/outside/victim (a file with an old mtime), for
+// hostile archives to aim at; nothing under base but the service may change.
+func victimTree(t *testing.T) (base, outside, victim string) {
+	t.Helper()
+	base = t.TempDir()
+	outside = filepath.Join(base, "outside")
+	if err := os.MkdirAll(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	victim = filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	_ = os.Chtimes(victim, old, old)
+	return base, outside, victim
 }
 
 // hostileCase is an archive an install must refuse with want.

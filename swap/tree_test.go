@@ -98,17 +98,7 @@ func TestInstallTreeMatchesUnpack(t *testing.T) {
 // and such a build is never fetched into a tree), and nothing outside the
 // tree changes.
 func TestInstallTreeRefusesHostileArchives(t *testing.T) {
-	base := t.TempDir()
-	outside := filepath.Join(base, "outside")
-	if err := os.MkdirAll(outside, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	victim := filepath.Join(outside, "victim")
-	if err := os.WriteFile(victim, []byte("precious"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	old := time.Now().Add(-time.Hour)
-	_ = os.Chtimes(victim, old, old)
+	base, outside, victim := victimTree(t)
 	for i, c := range hostileArchives(t, outside, victim) {
 		t.Run(c.name, func(t *testing.T) {
 			b := c.archive()
