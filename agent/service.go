@@ -349,7 +349,12 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 	// unpacked (hashed once per process: a power loss may have dropped
 	// writes); a damaged one is installed again, its archive re-fetched
 	// as far as it is damaged too.
-	if !s.store.Matches(build, m.SHA256) || s.store.Intact(build) != nil {
+	stale := !s.store.Matches(build, m.SHA256)
+	var damaged error
+	if !stale {
+		damaged = s.store.Intact(build)
+	}
+	if stale || damaged != nil {
 		if st := s.snapshot(); st.State != core.StateFetching || st.Desired != build {
 			s.to(core.StateFetching, build, map[bool]string{true: "prefetch"}[prefetch])
 		}
@@ -369,7 +374,7 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			// it), and the build is fetched afresh into a cold directory.
 			// (A host with the build's archive, the origin for one,
 			// installs again from the archive, as the install below does.)
-			if damaged := s.store.Intact(build); damaged != nil {
+			if damaged != nil {
 				s.log.Error().Err(damaged).Str("build", build).Msg("installed release is damaged; installing it again from a new fetch")
 			} else {
 				s.log.Warn().Str("build", build).Msg("installed release does not match the published archive; installing it again from a new fetch")

@@ -387,7 +387,7 @@ func (x *Transfer) waitPieceComplete(ctx context.Context, i int) bool {
 // false once every piece is out; ErrNotReady while the build is still
 // being hashed, or only kept-back pieces remain.
 func (s *Swarm) NextSlicePiece(service, build string) (int, bool, error) {
-	x := s.transferOf(service, build)
+	x := s.Transfer(service, build)
 	if x == nil || x.checking.Load() || (!x.t.Complete().Bool() && x.badOnDisk.Load() == 0) {
 		return 0, false, ErrNotReady // still hashing its copy (a repair is not: it hands out the good pieces)
 	}

@@ -102,7 +102,6 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 		p = &placement{archive: filepath.Join(ps.dir, filepath.Base(info.Name))}
 	}
 	t := &placed{pc: ps.pc, ih: ih, p: p, files: map[int]*os.File{}}
-	p.open.Store(t)
 	if p.tree == "" {
 		t.segs = []segment{{Off: 0, Len: info.TotalLength()}}
 	} else {
@@ -118,6 +117,7 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 		}
 		t.segs = segs
 	}
+	p.open.Store(t)
 	return storage.TorrentImpl{
 		Piece: func(mp metainfo.Piece) storage.PieceImpl { return &placedPiece{t, mp} },
 		Close: t.close,

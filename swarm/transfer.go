@@ -269,7 +269,7 @@ func (s *Swarm) CheckBeforeServing(x *Transfer) {
 // fail are marked missing, so the engine fetches them again from peers;
 // it returns how many failed.
 func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error) {
-	x := s.transferOf(service, build)
+	x := s.Transfer(service, build)
 	if x == nil {
 		return 0, fmt.Errorf("swarm: reverify %s/%s: not shared by this host", service, build)
 	}
@@ -279,7 +279,7 @@ func (s *Swarm) Reverify(ctx context.Context, service, build string) (int, error
 // Complete reports whether this host holds every piece of a build,
 // verified: false while pieces found bad are fetched or repaired again.
 func (s *Swarm) Complete(service, build string) bool {
-	x := s.transferOf(service, build)
+	x := s.Transfer(service, build)
 	return x != nil && x.t.Complete().Bool()
 }
 
@@ -370,16 +370,13 @@ func (x *Transfer) resume() {
 
 // AddServed records n archive bytes of a build sent over HTTP.
 func (s *Swarm) AddServed(service, build string, n int64) {
-	if x := s.transferOf(service, build); x != nil {
+	if x := s.Transfer(service, build); x != nil {
 		x.served.Add(n)
 	}
 }
 
 // Transfer is this host's transfer of service/build, or nil.
-func (s *Swarm) Transfer(service, build string) *Transfer { return s.transferOf(service, build) }
-
-// transferOf is this host's transfer of service/build, or nil.
-func (s *Swarm) transferOf(service, build string) *Transfer {
+func (s *Swarm) Transfer(service, build string) *Transfer {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, x := range s.transfers {
@@ -467,38 +464,44 @@ func (s *Swarm) FramingPath(service, build string) string {
 // IntoTree reports whether m would be (or is being) fetched into a tree
 // on this host rather than into an archive.
 func (s *Swarm) IntoTree(m *core.Manifest) bool {
-	if x := s.transferOf(m.Service, m.Build); x != nil {
+	if x := s.Transfer(m.Service, m.Build); x != nil {
 		return x.pl.tree != ""
-	}
-	if s.cfg.TreeDir == nil {
-		return false
-	}
-	if _, err := os.Stat(s.ArchivePath(m.Service, m.Build)); err == nil {
-		return false
 	}
 	mi, err := metainfo.Load(bytes.NewReader(m.MetaInfo))
 	if err != nil {
 		return false
 	}
 	info, err := mi.UnmarshalInfo()
-	return err == nil && IsLayout(&info)
+	if err != nil {
+		return false
+	}
+	dir, _ := s.treeFor(m, &info)
+	return dir != ""
 }
 
 // placementFor decides, before the engine opens the storage, where m's
-// bytes go on this host: into the release tree (TreeDir set, a layout
-// metainfo, and no archive of it here already), or the archive.
+// bytes go on this host (treeFor), and registers it.
 func (s *Swarm) placementFor(m *core.Manifest, info *metainfo.Info, ih metainfo.Hash) *placement {
 	archive := s.ArchivePath(m.Service, m.Build)
 	p := &placement{archive: archive}
-	if s.cfg.TreeDir != nil && IsLayout(info) {
-		if _, err := os.Stat(archive); errors.Is(err, os.ErrNotExist) {
-			if dir, installed := s.cfg.TreeDir(m.Service, m.Build); dir != "" {
-				p.archive, p.tree = framingPath(archive), dir
-				p.sealed.Store(installed)
-			}
-		}
+	if dir, installed := s.treeFor(m, info); dir != "" {
+		p.archive, p.tree = framingPath(archive), dir
+		p.sealed.Store(installed)
 	}
 	return s.ps.place(ih, p)
+}
+
+// treeFor is the tree m is fetched into on this host, and whether that is
+// its installed release: TreeDir set, a layout metainfo, no archive of it
+// here already, and TreeDir naming a dir; "" means the archive.
+func (s *Swarm) treeFor(m *core.Manifest, info *metainfo.Info) (dir string, installed bool) {
+	if s.cfg.TreeDir == nil || !IsLayout(info) {
+		return "", false
+	}
+	if _, err := os.Stat(s.ArchivePath(m.Service, m.Build)); !errors.Is(err, os.ErrNotExist) {
+		return "", false
+	}
+	return s.cfg.TreeDir(m.Service, m.Build)
 }
 
 // Drop stops sharing a build and deletes its archive (or, for a build
