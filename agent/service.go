@@ -395,7 +395,9 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			var err error
 			if x := s.a.swarm.Transfer(s.name, build); x != nil && x.Tree() != "" && s.a.cfg.Fetch == FetchSwarm {
 				// Fetched into the cold release: only the framing is left to apply.
-				if st, err = s.store.InstallTree(ctx, build, x.Tree(), x.Archive(), x.Layout(), m.SHA256, s.limits(m)); err == nil {
+				// Checked: every piece passed SHA-256 against the signed
+				// list, so the install does not hash the build whole again.
+				if st, err = s.store.InstallTree(ctx, build, x.Tree(), x.Archive(), x.Layout(), m.SHA256, x.Checked(), s.limits(m)); err == nil {
 					x.Installed(s.store.ReleaseDir(build))
 				}
 			} else {

@@ -69,7 +69,7 @@ func TestInstallTreeMatchesUnpack(t *testing.T) {
 	}
 	s, _ := newStore(t)
 	regions, r := fetchIntoTree(t, a.Bytes(), tree)
-	st, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(a.Bytes()), Limits{MaxBytes: ps.Bytes, MaxEntries: ps.Entries})
+	st, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(a.Bytes()), false, Limits{MaxBytes: ps.Bytes, MaxEntries: ps.Entries})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,36 +96,39 @@ func TestInstallTreeMatchesUnpack(t *testing.T) {
 
 // Every archive Install refuses, InstallTree refuses too (or Layout does,
 // and such a build is never fetched into a tree), and nothing outside the
-// tree changes.
+// tree changes — also when the caller checked every piece already and the
+// whole-archive hash is skipped (a hostile build can be signed).
 func TestInstallTreeRefusesHostileArchives(t *testing.T) {
 	base, outside, victim := victimTree(t)
-	for i, c := range hostileArchives(t, outside, victim) {
-		t.Run(c.name, func(t *testing.T) {
-			b := c.archive()
-			if _, err := Layout(bytes.NewReader(b)); err != nil {
-				if !errors.Is(err, ErrUnsafeArchive) && !errors.Is(err, c.want) {
-					t.Fatalf("layout: %v", err)
+	for _, checked := range []bool{false, true} {
+		for i, c := range hostileArchives(t, outside, victim) {
+			t.Run(fmt.Sprintf("%s/checked=%v", c.name, checked), func(t *testing.T) {
+				b := c.archive()
+				if _, err := Layout(bytes.NewReader(b)); err != nil {
+					if !errors.Is(err, ErrUnsafeArchive) && !errors.Is(err, c.want) {
+						t.Fatalf("layout: %v", err)
+					}
+					return // published as an archive only
 				}
-				return // published as an archive only
-			}
-			s, err := Open(filepath.Join(base, fmt.Sprintf("svc%d", i), "web"), nopLog())
-			if err != nil {
-				t.Fatal(err)
-			}
-			tree := s.FetchDir("v1")
-			if err := os.MkdirAll(tree, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			before := snapshot(t, outside, "")
-			regions, r := fetchIntoTree(t, b, tree)
-			if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(b), c.lim); !errors.Is(err, c.want) {
-				t.Fatalf("got %v, want %v", err, c.want)
-			}
-			if s.Has("v1") {
-				t.Error("hostile build was installed")
-			}
-			unchanged(t, before, snapshot(t, outside, ""))
-		})
+				s, err := Open(filepath.Join(base, fmt.Sprintf("svc%d-%v", i, checked), "web"), nopLog())
+				if err != nil {
+					t.Fatal(err)
+				}
+				tree := s.FetchDir("v1")
+				if err := os.MkdirAll(tree, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				before := snapshot(t, outside, "")
+				regions, r := fetchIntoTree(t, b, tree)
+				if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(b), checked, c.lim); !errors.Is(err, c.want) {
+					t.Fatalf("got %v, want %v", err, c.want)
+				}
+				if s.Has("v1") {
+					t.Error("hostile build was installed")
+				}
+				unchanged(t, before, snapshot(t, outside, ""))
+			})
+		}
 	}
 }
 
@@ -165,7 +168,7 @@ func TestInstallTreeRefusesMisplacedContents(t *testing.T) {
 			os.MkdirAll(tree, 0o700)
 			regions, r := fetchIntoTree(t, arch, tree)
 			regions = mangle(tree, regions)
-			if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(arch), NoLimits); !errors.Is(err, ErrUnsafeArchive) {
+			if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(arch), false, NoLimits); !errors.Is(err, ErrUnsafeArchive) {
 				t.Fatalf("got %v, want ErrUnsafeArchive", err)
 			}
 			if s.Has("v1") {
@@ -193,14 +196,14 @@ func TestInstallTreeVerifiesFirstAndRetries(t *testing.T) {
 	os.MkdirAll(tree, 0o700)
 	regions, r := fetchIntoTree(t, a.Bytes(), tree)
 	before := snapshot(t, tree, "")
-	if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf([]byte("other")), NoLimits); !errors.Is(err, ErrVerifyFailed) {
+	if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf([]byte("other")), false, NoLimits); !errors.Is(err, ErrVerifyFailed) {
 		t.Fatalf("wrong sum: %v, want ErrVerifyFailed", err)
 	}
 	unchanged(t, before, snapshot(t, tree, "")) // a failed verification touches nothing
 	if _, err := applyFraming(io.NewSectionReader(r, 0, r.Size()), tree, regions, NoLimits); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(a.Bytes()), NoLimits); err != nil {
+	if _, err := s.InstallTree(context.Background(), "v1", tree, r, regions, sumOf(a.Bytes()), false, NoLimits); err != nil {
 		t.Fatalf("install after the framing was applied once: %v", err)
 	}
 	if got, _ := os.ReadFile(filepath.Join(s.ReleaseDir("v1"), "bin/app")); string(got) != "#!/bin/sh\necho v1" {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/anacrolix/torrent/iplist"
+	"github.com/anacrolix/torrent/metainfo"
 
 	"github.com/shoal-deploy/shoal/trust"
 )
@@ -28,13 +29,15 @@ import (
 // ipGuard plugs into the engine as its IP blocklist, turned inside out:
 // every address that is not a current member's is blocked.
 type ipGuard struct {
-	mu  sync.Mutex // serialises writers; readers load ips without it
-	ips atomic.Pointer[map[netip.Addr]struct{}]
+	mu     sync.Mutex // serialises writers; readers load ips without it
+	ips    atomic.Pointer[map[netip.Addr]struct{}]
+	banned atomic.Pointer[map[netip.Addr]struct{}] // members Shoal banned (pieces.go), blocked while the agent runs
 }
 
 func newIPGuard() *ipGuard {
 	g := &ipGuard{}
 	g.ips.Store(&map[netip.Addr]struct{}{})
+	g.banned.Store(&map[netip.Addr]struct{}{})
 	return g
 }
 
@@ -43,6 +46,9 @@ func newIPGuard() *ipGuard {
 func (g *ipGuard) Lookup(ip net.IP) (iplist.Range, bool) {
 	a, ok := netip.AddrFromSlice(ip)
 	if ok {
+		if _, banned := (*g.banned.Load())[a.Unmap()]; banned {
+			return iplist.Range{First: ip, Last: ip, Description: "banned: sent chunks that failed their check"}, true
+		}
 		if _, member := (*g.ips.Load())[a.Unmap()]; member {
 			return iplist.Range{}, false
 		}
@@ -78,6 +84,47 @@ func (g *ipGuard) add(a netip.Addr) {
 	}
 	m[a.Unmap()] = struct{}{}
 	g.ips.Store(&m)
+}
+
+// ban blocks a; it reports whether a was not banned before.
+func (g *ipGuard) ban(a netip.Addr) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old := *g.banned.Load()
+	if _, ok := old[a.Unmap()]; ok {
+		return false
+	}
+	m := make(map[netip.Addr]struct{}, len(old)+1)
+	for k := range old {
+		m[k] = struct{}{}
+	}
+	m[a.Unmap()] = struct{}{}
+	g.banned.Store(&m)
+	return true
+}
+
+// ban bans members whose chunks of a piece differed from its good copy
+// (pieceCheck; the engine's own smart ban needs pieces it hashes itself):
+// no connection to or from them, and the open ones closed. Safe to call
+// from the storage (it returns at once).
+func (s *Swarm) ban(ih metainfo.Hash, piece int, ips []netip.Addr) {
+	go func() {
+		drop := map[netip.Addr]bool{}
+		for _, ip := range ips {
+			if s.guard.ban(ip) {
+				drop[ip.Unmap()] = true
+				s.log.Warn().Str("peer", s.nameOf(ip.Unmap().String())).Int("piece", piece).Str("info_hash", ih.HexString()).
+					Msg("banned peer: its chunks of a piece differ from the copy that passed the check")
+			}
+		}
+		for _, t := range s.cl.Torrents() {
+			for _, pc := range t.PeerConns() {
+				if ap, err := netip.ParseAddrPort(pc.RemoteAddr.String()); err == nil && drop[ap.Addr().Unmap()] {
+					pc.Close()
+				}
+			}
+		}
+	}()
 }
 
 // allowIP lets a joining member in before the next peer refresh. Safe to
@@ -118,10 +165,13 @@ func (s *Swarm) AuthenticatePeer(r *http.Request) (Member, error) {
 	return m, nil
 }
 
-// BannedPeers lists the members (or bare IPs) the engine banned for
-// sending data that failed its hash check, sorted.
+// BannedPeers lists the members (or bare IPs) banned for sending data
+// that failed its check (by the engine, or by Shoal's blame), sorted.
 func (s *Swarm) BannedPeers() []string {
 	ips := s.cl.BadPeerIPs()
+	for a := range *s.guard.banned.Load() {
+		ips = append(ips, a.String())
+	}
 	if len(ips) == 0 {
 		return nil
 	}

@@ -34,8 +34,12 @@ type RepairSource func(m *core.Manifest) (io.ReadCloser, error)
 // SetRepairSource installs the origin's repair source. Call before adding transfers.
 func (s *Swarm) SetRepairSource(f RepairSource) { s.repairSrc = f }
 
-// pieceMatches reports whether data is piece i, by its hash.
+// pieceMatches reports whether data is piece i, by its SHA-256 when the
+// metainfo lists them (pieces.go), else its SHA-1.
 func (x *Transfer) pieceMatches(i int, data []byte) bool {
+	if c := x.pl.check; c != nil {
+		return c.matches(i, data)
+	}
 	h := x.t.Info().Piece(i).V1Hash()
 	return h.Ok && sha1.Sum(data) == h.Value
 }
@@ -47,6 +51,9 @@ func (x *Transfer) pieceGood(ctx context.Context, i int, buf []byte) (bool, erro
 	n := int(x.t.Info().Piece(i).Length())
 	got, err := x.t.Piece(i).Storage().ReadAt(buf[:n], 0)
 	if err == nil && got == n && x.pieceMatches(i, buf[:n]) {
+		if c := x.pl.check; c != nil {
+			c.set(i, true)
+		}
 		return true, nil
 	}
 	return false, x.t.Piece(i).VerifyDataContext(ctx)

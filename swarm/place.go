@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -51,6 +52,7 @@ type placement struct {
 	sealed  atomic.Bool
 	open    atomic.Pointer[placed] // the engine's open storage of it
 	moved   atomic.Pointer[string] // where the tree went when it was installed
+	check   *pieceCheck            // SHA-256 piece checks (pieces.go); nil: the engine's SHA-1
 }
 
 // framingPath is the side file of a tree placement: the archive's tar
@@ -60,7 +62,10 @@ func framingPath(archive string) string { return archive + ".framing" }
 // placeStorage is the engine's storage for every build.
 type placeStorage struct {
 	pc  *pieceDB
-	dir string     // the archives directory
+	dir string // the archives directory
+	// ban bans the members whose chunks of piece differed from its good
+	// copy (see pieceCheck).
+	ban func(ih metainfo.Hash, piece int, ips []netip.Addr)
 	mu  sync.Mutex // guards at
 	at  map[metainfo.Hash]*placement
 }
@@ -101,7 +106,7 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 	if p == nil {
 		p = &placement{archive: filepath.Join(ps.dir, filepath.Base(info.Name))}
 	}
-	t := &placed{pc: ps.pc, ih: ih, p: p, files: map[int]*os.File{}}
+	t := &placed{pc: ps.pc, ih: ih, p: p, ban: ps.ban, files: map[int]*os.File{}}
 	if p.tree == "" {
 		t.segs = []segment{{Off: 0, Len: info.TotalLength()}}
 	} else {
@@ -119,7 +124,12 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 	}
 	p.open.Store(t)
 	return storage.TorrentImpl{
-		Piece: func(mp metainfo.Piece) storage.PieceImpl { return &placedPiece{t, mp} },
+		Piece: func(mp metainfo.Piece) storage.PieceImpl {
+			if p.check != nil {
+				return &checkedPiece{placedPiece{t, mp}}
+			}
+			return &placedPiece{t, mp}
+		},
 		Close: t.close,
 	}, nil
 }
@@ -192,6 +202,7 @@ type placed struct {
 	p    *placement
 	segs []segment
 	root *os.Root // tree placement
+	ban  func(ih metainfo.Hash, piece int, ips []netip.Addr)
 
 	mu     sync.RWMutex // guards files and closed; I/O runs under the read lock
 	files  map[int]*os.File
@@ -342,11 +353,23 @@ func (pp *placedPiece) ReadAt(b []byte, off int64) (int, error) {
 }
 
 func (pp *placedPiece) WriteAt(b []byte, off int64) (int, error) {
+	pp.unchecked()
 	return pp.t.rw(b, pp.p.Offset()+off, true)
 }
 
-func (pp *placedPiece) MarkComplete() error    { return pp.t.pc.Set(pp.key(), true) }
-func (pp *placedPiece) MarkNotComplete() error { return pp.t.pc.Set(pp.key(), false) }
+func (pp *placedPiece) MarkComplete() error { return pp.t.pc.Set(pp.key(), true) }
+func (pp *placedPiece) MarkNotComplete() error {
+	pp.unchecked()
+	return pp.t.pc.Set(pp.key(), false)
+}
+
+// unchecked forgets that the piece passed its SHA-256 check: it is being
+// written, or the engine found it bad.
+func (pp *placedPiece) unchecked() {
+	if c := pp.t.p.check; c != nil {
+		c.set(pp.p.Index(), false)
+	}
+}
 
 func (pp *placedPiece) Completion() storage.Completion {
 	c, err := pp.t.pc.Get(pp.key())

@@ -121,7 +121,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s.pc = pc
 	tc := torrent.NewDefaultClientConfig()
-	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}}
+	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}, ban: s.ban}
 	tc.DefaultStorage = s.ps
 	tc.ListenHost = func(string) string { return cfg.BindAddr }
 	tc.ListenPort = cfg.TorrentPort
@@ -474,4 +474,9 @@ func (s *Swarm) onUseful(ev torrent.ReceivedUsefulDataEvent) {
 	x.mu.Lock()
 	x.from[name] += n
 	x.mu.Unlock()
+	if c := x.pl.check; c != nil {
+		if ap, err := netip.ParseAddrPort(pc.RemoteAddr.String()); err == nil {
+			c.noteSent(int(ev.Message.Index), int64(ev.Message.Begin), n, ap.Addr().Unmap())
+		}
+	}
 }

@@ -109,7 +109,8 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 		return fmt.Errorf("swarm: describe %s: archive is empty", path)
 	}
 	info := metainfo.Info{Name: ArchiveName(m.Service, m.Build), PieceLength: PieceLength(n, s.ml.NumMembers())}
-	if info.Pieces, err = pieceHashes(f, info.PieceLength); err != nil {
+	var sums []byte
+	if info.Pieces, sums, err = pieceHashes(f, info.PieceLength); err != nil {
 		return fmt.Errorf("swarm: piece hashes of %s: %w", path, err)
 	}
 	ib, err := layoutInfo(info, regions)
@@ -120,13 +121,13 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	if err != nil {
 		return fmt.Errorf("swarm: encode info: %w", err)
 	}
-	mi := metainfo.MetaInfo{InfoBytes: ib, CreatedBy: "shoal", CreationDate: time.Now().Unix()}
-	var buf bytes.Buffer
-	if err := mi.Write(&buf); err != nil {
+	mb, err := bencode.Marshal(metaInfoFile{Info: ib, CreatedBy: "shoal", CreationDate: time.Now().Unix(), PieceSHA256: string(sums)})
+	if err != nil {
 		return fmt.Errorf("swarm: encode metainfo: %w", err)
 	}
+	mi := metainfo.MetaInfo{InfoBytes: ib}
 	m.Size, m.SHA256, m.PieceLength = n, hex.EncodeToString(h.Sum(nil)), info.PieceLength
-	m.InfoHash, m.MetaInfo = mi.HashInfoBytes().HexString(), buf.Bytes()
+	m.InfoHash, m.MetaInfo = mi.HashInfoBytes().HexString(), mb
 	return nil
 }
 
@@ -151,9 +152,9 @@ func layoutInfo(info metainfo.Info, regions []swap.Region) ([]byte, error) {
 	return bencode.Marshal(info)
 }
 
-// pieceHashes reads r from its start and returns the SHA-1 of each piece.
-func pieceHashes(r io.ReaderAt, pieceLength int64) ([]byte, error) {
-	var out []byte
+// pieceHashes reads r from its start and returns the SHA-1 and the
+// SHA-256 of each piece.
+func pieceHashes(r io.ReaderAt, pieceLength int64) (sha1s, sha256s []byte, err error) {
 	bp := hashBufs.Get().(*[]byte)
 	defer hashBufs.Put(bp)
 	buf := (*bp)[:0]
@@ -163,14 +164,14 @@ func pieceHashes(r io.ReaderAt, pieceLength int64) ([]byte, error) {
 	for off := int64(0); ; off += pieceLength {
 		n, err := r.ReadAt(buf[:pieceLength], off)
 		if n > 0 {
-			sum := sha1.Sum(buf[:n])
-			out = append(out, sum[:]...)
+			s1, s256 := sha1.Sum(buf[:n]), sha256.Sum256(buf[:n])
+			sha1s, sha256s = append(sha1s, s1[:]...), append(sha256s, s256[:]...)
 		}
 		if errors.Is(err, io.EOF) || (err == nil && int64(n) < pieceLength) {
-			return out, nil
+			return sha1s, sha256s, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 }
@@ -414,8 +415,12 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("swarm: %s/%s: %w: %v", m.Service, m.Build, ErrBadMetaInfo, err)
 	}
+	sums, err := pieceSumsOf(m.MetaInfo, &info)
+	if err != nil {
+		return nil, fmt.Errorf("swarm: %s/%s: %w", m.Service, m.Build, err)
+	}
 	spec.ChunkSize = pp.Integer(ChunkSize(info.PieceLength))
-	pl := s.placementFor(m, &info, spec.InfoHash)
+	pl := s.placementFor(m, &info, spec.InfoHash, sums)
 	t, _, err := s.cl.AddTorrentSpec(spec)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: add %s/%s: %w", m.Service, m.Build, err)
@@ -480,10 +485,14 @@ func (s *Swarm) IntoTree(m *core.Manifest) bool {
 }
 
 // placementFor decides, before the engine opens the storage, where m's
-// bytes go on this host (treeFor), and registers it.
-func (s *Swarm) placementFor(m *core.Manifest, info *metainfo.Info, ih metainfo.Hash) *placement {
+// bytes go on this host (treeFor) and how its pieces are checked (sums:
+// SHA-256, see pieces.go), and registers it.
+func (s *Swarm) placementFor(m *core.Manifest, info *metainfo.Info, ih metainfo.Hash, sums []byte) *placement {
 	archive := s.ArchivePath(m.Service, m.Build)
 	p := &placement{archive: archive}
+	if sums != nil {
+		p.check = newPieceCheck(sums)
+	}
 	if dir, installed := s.treeFor(m, info); dir != "" {
 		p.archive, p.tree = framingPath(archive), dir
 		p.sealed.Store(installed)
@@ -553,6 +562,12 @@ func (x *Transfer) verified() int64 {
 // Tree is the release tree this build is fetched into, or "" when it is
 // fetched as an archive (see Config.TreeDir).
 func (x *Transfer) Tree() string { return x.pl.tree }
+
+// Checked reports whether every piece of the build passed its SHA-256
+// check against the list the signed metainfo carries since this host
+// opened it, and none was written since: the bytes are the published
+// archive, and the install need not hash it whole again (pieces.go).
+func (x *Transfer) Checked() bool { return x.pl.check != nil && x.pl.check.all() }
 
 // Archive reads the build's archive bytes wherever this host placed them
 // (the archive, or the framing file and the tree's files).

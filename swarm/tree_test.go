@@ -104,11 +104,14 @@ func TestFetchIntoTree(t *testing.T) {
 		if got, err := io.ReadAll(x.Archive()); err != nil || !bytes.Equal(got, archive.Bytes()) {
 			t.Fatalf("n%d: archive bytes read back through the placement differ (%v)", i, err)
 		}
+		if !x.Checked() {
+			t.Errorf("n%d: every piece arrived, but not every one passed its SHA-256 check: the install would hash the build again", i)
+		}
 		return x
 	}
 	install := func(i int, x *Transfer) {
 		t.Helper()
-		if _, err := stores[i].InstallTree(ctx, "v1", x.Tree(), x.Archive(), x.Layout(), m.SHA256, swap.NoLimits); err != nil {
+		if _, err := stores[i].InstallTree(ctx, "v1", x.Tree(), x.Archive(), x.Layout(), m.SHA256, x.Checked(), swap.NoLimits); err != nil {
 			t.Fatalf("n%d: install: %v", i, err)
 		}
 		x.Installed(stores[i].ReleaseDir("v1"))

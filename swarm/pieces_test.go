@@ -1,0 +1,244 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anacrolix/torrent/bencode"
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/anacrolix/torrent/storage"
+	"github.com/rs/zerolog"
+
+	"github.com/shoal-deploy/shoal/core"
+)
+
+// openChecked opens storage for a build of data in pieces of pieceLen,
+// checked against sums, and returns its pieces and the bans it asks for.
+func openChecked(t *testing.T, data []byte, pieceLen int64, sums []byte) ([]storage.PieceImpl, *[][]netip.Addr) {
+	t.Helper()
+	info := metainfo.Info{Name: "web@v1.tar", PieceLength: pieceLen, Length: int64(len(data))}
+	for off := int64(0); off < int64(len(data)); off += pieceLen {
+		s := sha1.Sum(data[off:min(off+pieceLen, int64(len(data)))])
+		info.Pieces = append(info.Pieces, s[:]...)
+	}
+	var mu sync.Mutex
+	var bans [][]netip.Addr
+	ps := &placeStorage{dir: t.TempDir(), at: map[metainfo.Hash]*placement{}, ban: func(_ metainfo.Hash, _ int, ips []netip.Addr) {
+		mu.Lock()
+		bans = append(bans, ips)
+		mu.Unlock()
+	}}
+	ih := metainfo.HashBytes(data)
+	p := ps.place(ih, &placement{archive: filepath.Join(ps.dir, info.Name), check: newPieceCheck(sums)})
+	ti, err := ps.OpenTorrent(context.Background(), &info, ih)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ti.Close() })
+	var pieces []storage.PieceImpl
+	for i := range info.NumPieces() {
+		pieces = append(pieces, ti.Piece(info.Piece(i)))
+	}
+	if p.check == nil {
+		t.Fatal("no check")
+	}
+	return pieces, &bans
+}
+
+func sha256s(data []byte, pieceLen int) []byte {
+	var out []byte
+	for off := 0; off < len(data); off += pieceLen {
+		s := sha256.Sum256(data[off:min(off+pieceLen, len(data))])
+		out = append(out, s[:]...)
+	}
+	return out
+}
+
+// selfHash runs the engine's check of piece p: whether it passes.
+func selfHash(t *testing.T, p storage.PieceImpl, want []byte) bool {
+	t.Helper()
+	sh, ok := p.(storage.SelfHashing)
+	if !ok {
+		t.Fatal("a piece of a build with a SHA-256 list does not hash itself")
+	}
+	got, err := sh.SelfHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(got[:], want)
+}
+
+// With a SHA-256 list in the metainfo, SHA-256 decides whether a piece is
+// good, not SHA-1: a piece whose SHA-1 matches but whose SHA-256 does not
+// (what a SHA-1 collision would look like) fails.
+func TestPieceListDecides(t *testing.T) {
+	data := make([]byte, 3*32<<10)
+	_, _ = rand.Read(data)
+	sums := sha256s(data, 32<<10)
+	sums[sha256.Size] ^= 1 // piece 1: SHA-1 right, SHA-256 not
+	pieces, _ := openChecked(t, data, 32<<10, sums)
+	for i, p := range pieces {
+		if _, err := p.WriteAt(data[i*32<<10:(i+1)*32<<10], 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sha1Of := func(i int) []byte { s := sha1.Sum(data[i*32<<10 : (i+1)*32<<10]); return s[:] }
+	for i, want := range []bool{true, false, true} {
+		if got := selfHash(t, pieces[i], sha1Of(i)); got != want {
+			t.Errorf("piece %d passed = %v, want %v", i, got, want)
+		}
+	}
+}
+
+// Every piece passed by SHA-256 and none written since: the transfer is
+// checked (the install skips its whole-archive hash). A write, or the
+// engine finding a piece bad, takes that back.
+func TestCheckedUntilWritten(t *testing.T) {
+	data := make([]byte, 2*32<<10+100)
+	_, _ = rand.Read(data)
+	pieces, _ := openChecked(t, data, 32<<10, sha256s(data, 32<<10))
+	x := &Transfer{pl: pieces[0].(*checkedPiece).t.p}
+	for i, p := range pieces {
+		end := min((i+1)*32<<10, len(data))
+		if _, err := p.WriteAt(data[i*32<<10:end], 0); err != nil {
+			t.Fatal(err)
+		}
+		if x.Checked() {
+			t.Fatalf("checked before piece %d was", i)
+		}
+		s := sha1.Sum(data[i*32<<10 : end])
+		if !selfHash(t, p, s[:]) {
+			t.Fatalf("piece %d failed", i)
+		}
+	}
+	if !x.Checked() {
+		t.Fatal("every piece passed, but the build is not checked")
+	}
+	if _, err := pieces[1].WriteAt([]byte{1}, 5); err != nil {
+		t.Fatal(err)
+	}
+	if x.Checked() {
+		t.Error("still checked after a write")
+	}
+	s := sha1.Sum(data[32<<10 : 2*32<<10])
+	selfHash(t, pieces[1], s[:]) // fails: byte 5 changed
+	if x.Checked() {
+		t.Error("checked with a piece that failed")
+	}
+}
+
+// The engine cannot smart-ban for pieces it does not hash: when a piece
+// made of two members' chunks fails, and a good copy arrives later, the
+// member whose chunk differs is banned, and only it.
+func TestBlameBansTheSenderOfABadChunk(t *testing.T) {
+	const chunk = 16 << 10
+	data := make([]byte, 4*chunk)
+	_, _ = rand.Read(data)
+	pieces, bans := openChecked(t, data, int64(len(data)), sha256s(data, len(data)))
+	p := pieces[0].(*checkedPiece)
+	c := p.t.p.check
+	good, bad := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3")
+	wrong := bytes.Clone(data)
+	wrong[3*chunk+7] ^= 0xff
+	for k, from := range []netip.Addr{good, good, bad, bad} {
+		c.noteSent(0, int64(k*chunk), chunk, from)
+	}
+	if _, err := p.WriteAt(wrong, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := sha1.Sum(data)
+	if selfHash(t, p, want[:]) {
+		t.Fatal("a piece with a wrong byte passed")
+	}
+	if len(*bans) != 0 {
+		t.Fatalf("banned %v before a good copy showed who was wrong", *bans)
+	}
+	c.noteSent(0, 3*chunk, chunk, good) // the engine asks again; another member sends it
+	if _, err := p.WriteAt(data[3*chunk:], 3*chunk); err != nil {
+		t.Fatal(err)
+	}
+	if !selfHash(t, p, want[:]) {
+		t.Fatal("the good copy failed")
+	}
+	if len(*bans) != 1 || !slices.Equal((*bans)[0], []netip.Addr{bad}) {
+		t.Errorf("bans %v, want [[%v]]", *bans, bad)
+	}
+}
+
+// A ban blocks the member in the engine's IP guard and shows in status.
+func TestBanBlocksAndReports(t *testing.T) {
+	nodes := startSwarms(t, 1, 45, zerolog.Nop(), nil)
+	s := nodes[0]
+	ip := netip.MustParseAddr("127.0.45.9")
+	s.guard.add(ip)
+	if _, blocked := s.guard.Lookup(net.IP(ip.AsSlice())); blocked {
+		t.Fatal("a member is blocked before any ban")
+	}
+	s.ban(metainfo.Hash{}, 3, []netip.Addr{ip})
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(s.BannedPeers(), ip.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("banned peers %v, want %v", s.BannedPeers(), ip)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, blocked := s.guard.Lookup(net.IP(ip.AsSlice())); !blocked {
+		t.Error("a banned member is not blocked")
+	}
+	s.guard.set([]netip.Addr{ip}) // a membership refresh does not lift it
+	if _, blocked := s.guard.Lookup(net.IP(ip.AsSlice())); !blocked {
+		t.Error("a membership refresh lifted the ban")
+	}
+}
+
+// Describe puts a SHA-256 per piece beside the info dict (the info hash
+// is the same as without it); Add refuses a list of the wrong length.
+func TestDescribeListsPieceSHA256(t *testing.T) {
+	nodes := startSwarms(t, 1, 45, zerolog.Nop(), nil)
+	s := nodes[0]
+	data := make([]byte, 300<<10)
+	_, _ = rand.Read(data)
+	m := &core.Manifest{Service: "web", Build: "v1", Origin: s.cfg.Node}
+	if err := os.WriteFile(s.ArchivePath("web", "v1"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Describe(m); err != nil {
+		t.Fatal(err)
+	}
+	mi, err := metainfo.Load(bytes.NewReader(m.MetaInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := mi.UnmarshalInfo()
+	sums, err := pieceSumsOf(m.MetaInfo, &info)
+	if err != nil || !bytes.Equal(sums, sha256s(data, int(info.PieceLength))) {
+		t.Fatalf("piece SHA-256 list %x (%v), want the pieces' hashes", sums, err)
+	}
+	if mi.HashInfoBytes().HexString() != m.InfoHash {
+		t.Fatal("info hash differs")
+	}
+	var f metaInfoFile
+	if err := bencode.Unmarshal(m.MetaInfo, &f); err != nil {
+		t.Fatal(err)
+	}
+	f.PieceSHA256 = f.PieceSHA256[1:]
+	bad := *m
+	if bad.MetaInfo, err = bencode.Marshal(f); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Add(context.Background(), &bad); !errors.Is(err, ErrBadMetaInfo) {
+		t.Errorf("a short SHA-256 list: %v, want ErrBadMetaInfo", err)
+	}
+}
