@@ -53,6 +53,7 @@ type Swarm struct {
 	ps  *placeStorage
 
 	guard    *ipGuard        // only members' IPs reach the engine
+	listener net.Listener    // the engine's peer listener (lowat.go)
 	auth     *trust.PeerAuth // signs and checks peer API requests
 	nudge    chan struct{}   // a member joined: offer peers now
 	up       *rate.Limiter   // nil: uploads unlimited
@@ -170,14 +171,31 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc.Callbacks.ReadMessage = s.onRead
 	tc.Callbacks.SentRequest = append(tc.Callbacks.SentRequest, s.onSentRequest)
 	tc.Callbacks.PeerConnAdded = append(tc.Callbacks.PeerConnAdded, s.onConnAdded)
-	s.cl, err = torrent.NewClient(tc)
+	// Shoal listens and dials itself, so that every peer connection's
+	// receive mark follows its framing (lowat.go).
+	tc.DisableTCP = true
+	l, err := net.Listen("tcp4", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.TorrentPort)))
 	if err != nil {
 		pc.Close()
 		return nil, fmt.Errorf("swarm: chunk transfer listener on %s:%d: %w", cfg.BindAddr, cfg.TorrentPort, err)
 	}
-	s.cl.AddDialer(torrent.NetworkDialer{Network: "tcp", Dialer: s.dialer})
+	s.cl, err = torrent.NewClient(tc)
+	if err != nil {
+		l.Close()
+		pc.Close()
+		return nil, fmt.Errorf("swarm: chunk transfer engine: %w", err)
+	}
+	s.listener = l
+	if os.Getenv("SHOAL_RCVLOWAT") == "0" {
+		s.cl.AddListener(l)
+		s.cl.AddDialer(torrent.NetworkDialer{Network: "tcp", Dialer: s.dialer})
+	} else {
+		s.cl.AddListener(markedListener{l})
+		s.cl.AddDialer(markedDialer{s.dialer})
+	}
 	if err := s.startGossip(); err != nil {
 		s.cl.Close()
+		l.Close()
 		pc.Close()
 		return nil, err
 	}
@@ -448,6 +466,7 @@ func (s *Swarm) Close() error {
 	s.wg.Wait()
 	err := s.ml.Shutdown()
 	s.logw.Close()
+	s.listener.Close() // the engine does not close listeners added to it
 	s.cl.Close()
 	if cerr := s.pc.Close(); err == nil {
 		err = cerr

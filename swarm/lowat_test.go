@@ -1,0 +1,96 @@
+package swarm
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+)
+
+// The receive mark follows the peer protocol's framing: 1 between
+// messages and in short ones, the rest of a long body (at most maxMark)
+// inside it, and 1 for good on a stream that is not plaintext BitTorrent.
+func TestFramingMark(t *testing.T) {
+	hs := append([]byte(protocolName), make([]byte, handshakeLen-len(protocolName))...)
+	msg := func(n int) []byte {
+		b := binary.BigEndian.AppendUint32(nil, uint32(n))
+		return append(b, make([]byte, n)...)
+	}
+	var f framing
+	steps := []struct {
+		feed []byte
+		want int
+	}{
+		{hs[:10], 1},
+		{hs[10:], 1},
+		{msg(13), 1},                    // a request
+		{msg(9 + 256<<10)[:4], maxMark}, // a piece message's length
+		{make([]byte, 256<<10-4096), 4096 + 9 - 0}, // most of its body: 4,105 left, under minMarkBody
+		{make([]byte, 4096+9), 1},
+		{msg(0), 1},                   // a keep-alive
+		{msg(9 + 20<<10)[:7], 20<<10 + 9 - 3},
+	}
+	for i, s := range steps {
+		f.feed(s.feed)
+		want := s.want
+		if want < minMarkBody {
+			want = 1
+		}
+		if got := f.mark(); got != want {
+			t.Fatalf("step %d: mark %d, want %d", i, got, want)
+		}
+	}
+	var enc framing
+	enc.feed([]byte{0x7f, 0x13, 'B'}) // an encrypted handshake starts with key bytes
+	enc.feed(msg(256 << 10))
+	if enc.mark() != 1 || !enc.off {
+		t.Errorf("a stream that is not plaintext BitTorrent: mark %d, off %v", enc.mark(), enc.off)
+	}
+}
+
+// On a real socket, the mark reaches the kernel while a piece arrives and
+// goes back to 1 after it.
+func TestMarkedConnSetsRcvlowat(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.41.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		hs := append([]byte(protocolName), make([]byte, handshakeLen-len(protocolName))...)
+		c.Write(hs)
+		c.Write(binary.BigEndian.AppendUint32(nil, 100<<10))
+		c.Write(make([]byte, 100<<10))
+		io.Copy(io.Discard, c)
+	}()
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mc := markConn(c).(*markedConn)
+	lowat := func() int {
+		rc, _ := mc.TCPConn.SyscallConn()
+		v := -1
+		rc.Control(func(fd uintptr) { v, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT) })
+		return v
+	}
+	if _, err := io.ReadFull(mc, make([]byte, handshakeLen+4+10)); err != nil {
+		t.Fatal(err)
+	}
+	if got := lowat(); got != maxMark {
+		t.Errorf("inside a 100 KiB body: SO_RCVLOWAT %d, want %d", got, maxMark)
+	}
+	if _, err := io.ReadFull(mc, make([]byte, 100<<10-10)); err != nil {
+		t.Fatal(err)
+	}
+	if got := lowat(); got != 1 {
+		t.Errorf("after the body: SO_RCVLOWAT %d, want 1", got)
+	}
+}
