@@ -26,19 +26,15 @@ func TestFramingMark(t *testing.T) {
 		{hs[10:], 1},
 		{msg(13), 1},                    // a request
 		{msg(9 + 256<<10)[:4], maxMark}, // a piece message's length
-		{make([]byte, 256<<10-4096), 4096 + 9 - 0}, // most of its body: 4,105 left, under minMarkBody
+		{make([]byte, 256<<10-4096), 1}, // most of its body: 4,105 bytes left, under minMarkBody
 		{make([]byte, 4096+9), 1},
-		{msg(0), 1},                   // a keep-alive
+		{msg(0), 1}, // a keep-alive
 		{msg(9 + 20<<10)[:7], 20<<10 + 9 - 3},
 	}
 	for i, s := range steps {
 		f.feed(s.feed)
-		want := s.want
-		if want < minMarkBody {
-			want = 1
-		}
-		if got := f.mark(); got != want {
-			t.Fatalf("step %d: mark %d, want %d", i, got, want)
+		if got := f.mark(); got != s.want {
+			t.Fatalf("step %d: mark %d, want %d", i, got, s.want)
 		}
 	}
 	var enc framing

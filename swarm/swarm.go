@@ -186,13 +186,8 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 		return nil, fmt.Errorf("swarm: chunk transfer engine: %w", err)
 	}
 	s.listener = l
-	if os.Getenv("SHOAL_RCVLOWAT") == "0" {
-		s.cl.AddListener(l)
-		s.cl.AddDialer(torrent.NetworkDialer{Network: "tcp", Dialer: s.dialer})
-	} else {
-		s.cl.AddListener(markedListener{l})
-		s.cl.AddDialer(markedDialer{s.dialer})
-	}
+	s.cl.AddListener(markedListener{l})
+	s.cl.AddDialer(markedDialer{s.dialer})
 	if err := s.startGossip(); err != nil {
 		s.cl.Close()
 		l.Close()
