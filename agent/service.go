@@ -57,6 +57,11 @@ type ServiceStatus struct {
 	// time (an index alone repeats after Consul loses its data).
 	HandledIndex   uint64 `json:"handled_index"`
 	HandledRelease string `json:"handled_release,omitempty"`
+	// Applying: the host has taken up release Seq and is still acting on
+	// it; until it stops, State, Current and LastError may be the previous
+	// release's (a host that failed #4 reads "failed" for a moment after
+	// it took up #5), so no one may count it as having handled Seq.
+	Applying bool `json:"applying,omitempty"`
 }
 
 // FetchStatus is one build transfer.
@@ -249,6 +254,9 @@ func (s *service) run(ctx context.Context) {
 			continue
 		}
 		err := s.apply(ctx, r)
+		if ctx.Err() == nil {
+			s.update(func(st *ServiceStatus) { st.Applying = false })
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -295,6 +303,7 @@ func (s *service) apply(ctx context.Context, r *core.Release) error {
 	}
 	s.update(func(st *ServiceStatus) {
 		st.Desired, st.Seq, st.Stage, st.Held, st.Prefetched = desired, r.Seq, stage, held, ""
+		st.Applying = true // cleared by the loop when apply returns
 	})
 	if err := s.deploy(ctx, r, desired, false); err != nil || !held {
 		return err
@@ -390,6 +399,7 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			return err
 		}
 		s.to(core.StateVerifying, build, "")
+		checkedBy := "the archive's SHA-256" // how the bytes were checked, for the ready transition
 		install := func() error {
 			var st swap.Stats
 			var err error
@@ -397,7 +407,11 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 				// Fetched into the cold release: only the framing is left to apply.
 				// Checked: every piece passed SHA-256 against the signed
 				// list, so the install does not hash the build whole again.
-				if st, err = s.store.InstallTree(ctx, build, x.Tree(), x.Archive(), x.Layout(), m.SHA256, x.Checked(), s.limits(m)); err == nil {
+				checked := x.Checked()
+				if checked {
+					checkedBy = "each piece's SHA-256"
+				}
+				if st, err = s.store.InstallTree(ctx, build, x.Tree(), x.Archive(), x.Layout(), m.SHA256, checked, s.limits(m)); err == nil {
 					x.Installed(s.store.ReleaseDir(build))
 				}
 			} else {
@@ -451,7 +465,7 @@ func (s *service) deploy(ctx context.Context, r *core.Release, build string, pre
 			s.fail(build, fmt.Errorf("%s %s on %s: %w; the live release (%s) is untouched", step, build, s.a.cfg.Swarm.Node, err, orNone(s.store.Current())))
 			return err
 		}
-		s.to(core.StateReady, build, "")
+		s.to(core.StateReady, build, "checked by "+checkedBy)
 		fetched = true
 	}
 	if prefetch {

@@ -25,6 +25,8 @@ func row(state core.State, cur, desired string, seq int64) HostRow {
 	return HostRow{Node: "h", Service: &agent.ServiceStatus{State: state, Current: cur, Desired: desired, Seq: seq, HandledIndex: uint64(seq)}}
 }
 
+func applying(r HostRow) HostRow { r.Service.Applying = true; return r }
+
 func TestSettled(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -42,6 +44,10 @@ func TestSettled(t *testing.T) {
 		// desired, active on it: not done (it used to count as settled)
 		{"not seen yet", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateActive, "v1", "v1", 4)}, false, 0},
 		{"failed on the previous release", []HostRow{row(core.StateActive, "v2", "v2", 5), row(core.StateFailed, "v1", "v1", 4)}, false, 0},
+		// a host that has just taken up #5 reads #5's sequence and build
+		// with the state it ended #4 in: not done until it has acted on #5
+		{"taken up, still failed from before", []HostRow{row(core.StateActive, "v2", "v2", 5), applying(row(core.StateFailed, "v1", "v2", 5))}, false, 0},
+		{"taken up, still active from before", []HostRow{row(core.StateActive, "v2", "v2", 5), applying(row(core.StateActive, "v2", "v2", 5))}, false, 0},
 		// a host the catalog expects and whose check fails does not block,
 		// and is reported (exit 2); one merely not heard from yet blocks
 		{"one down", []HostRow{row(core.StateActive, "v2", "v2", 5), {Node: "h3", Down: true}}, true, 0},

@@ -199,7 +199,7 @@ func withExpected(ctx context.Context, c consulFlags, rows []HostRow, service st
 // when it runs the previous build with rel's build prefetched.
 func handled(r HostRow, rel *core.Release) bool {
 	s := r.Service
-	if s == nil || s.Seq != rel.Seq {
+	if s == nil || s.Seq != rel.Seq || s.Applying {
 		return false
 	}
 	want := rel.Build

@@ -53,6 +53,15 @@ func TestDeployRollback(t *testing.T) {
 		if a.Spec.Node == origin {
 			continue
 		}
+		// Fetched into the release, every piece checked by SHA-256 against
+		// the signed list: the install did not hash the build whole again.
+		checked := false
+		for _, tr := range s.History {
+			checked = checked || (tr.To == core.StateReady && tr.Build == "v1" && tr.Note == "checked by each piece's SHA-256")
+		}
+		if !checked {
+			t.Errorf("%s: no ready transition checked by each piece's SHA-256: %+v", a.Spec.Node, s.History)
+		}
 		t.Logf("%s: %d bytes from origin, %d from peers", a.Spec.Node, s.Fetch.FromOrigin, s.Fetch.FromPeers)
 		if got := s.Fetch.FromOrigin + s.Fetch.FromPeers + s.Fetch.Resumed; got < s.Fetch.Total {
 			t.Errorf("%s: origin+peers+resumed = %d, want >= %d", a.Spec.Node, got, s.Fetch.Total)

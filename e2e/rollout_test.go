@@ -121,7 +121,7 @@ func TestStagedRollout(t *testing.T) {
 		for _, a := range f.Agents {
 			s := hostStatus(t, f, a)
 			sts[a.Spec.Node] = s
-			if s.Seq != r.Seq || s.Stage != stage || s.State != core.StateActive || (s.Held && s.Prefetched != "v2") {
+			if s.Seq != r.Seq || s.Applying || s.Stage != stage || s.State != core.StateActive || (s.Held && s.Prefetched != "v2") {
 				settledNow = false
 			}
 		}
