@@ -3,7 +3,6 @@ module github.com/shoal-deploy/shoal
 go 1.26.7
 
 require (
-	github.com/anacrolix/generics v0.1.1-0.20251125230353-15d98d46693b
 	github.com/anacrolix/torrent v1.61.0
 	github.com/cespare/xxhash/v2 v2.3.0
 	github.com/hashicorp/consul/api v1.34.5
@@ -22,6 +21,7 @@ require (
 	github.com/anacrolix/chansync v0.7.0 // indirect
 	github.com/anacrolix/dht/v2 v2.23.0 // indirect
 	github.com/anacrolix/envpprof v1.4.0 // indirect
+	github.com/anacrolix/generics v0.1.1-0.20251125230353-15d98d46693b // indirect
 	github.com/anacrolix/go-libutp v1.3.2 // indirect
 	github.com/anacrolix/log v0.17.1-0.20251118025802-918f1157b7bb // indirect
 	github.com/anacrolix/missinggo v1.3.0 // indirect
@@ -123,3 +123,5 @@ require (
 // A patched anacrolix/log (third_party/anacrolix-log/PATCH.md): it kept every
 // torrent's logger names forever, 2.5 KB of heap per deploy.
 replace github.com/anacrolix/log => ./third_party/anacrolix-log
+
+replace github.com/anacrolix/torrent => ./third_party/anacrolix-torrent
