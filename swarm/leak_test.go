@@ -1,8 +1,10 @@
 package swarm
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"runtime"
 	"testing"
 	"time"
@@ -58,7 +60,7 @@ func TestAddedAndDroppedBuildsLeaveNoHeap(t *testing.T) {
 // soon as it was copied into the write buffer), and each connection's
 // write buffers grew from empty; with the patched engine
 // (third_party/anacrolix-torrent) both are reused. Measured on a host
-// that gets every byte of a 16 MiB build from a non-origin peer over the
+// that gets every byte of a 32 MiB build from a non-origin peer over the
 // torrent protocol (both ends in this process).
 func TestServingAllocatesLittlePerByte(t *testing.T) {
 	if raceEnabled {
@@ -66,32 +68,30 @@ func TestServingAllocatesLittlePerByte(t *testing.T) {
 	}
 	ctx := context.Background()
 	nodes := startSwarms(t, 3, 48, zerolog.Nop(), nil)
-	const size = 16 << 20
-	m, _ := publishBuild(t, nodes[0], "v1", size)
+	const size = 32 << 20
+	m, data := publishBuild(t, nodes[0], "v1", size)
 	if _, err := nodes[0].Add(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	fetch := func(s *Swarm) *Transfer {
-		t.Helper()
-		x, err := s.Add(ctx, m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		defer cancel()
-		if err := x.Wait(wctx); err != nil {
-			t.Fatal(err)
-		}
-		return x
-	}
-	fetch(nodes[1])
+	fetchAll(t, nodes[1:2], m, data)
 	if err := nodes[0].Drop(m); err != nil {
 		t.Fatal(err)
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	x := fetch(nodes[2]) // every byte from nodes[1]
-	runtime.ReadMemStats(&after)
+	x, err := nodes[2].Add(ctx, m) // every byte from nodes[1]
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := x.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after) // before reading the archive back: that allocates its size
+	if got, _ := io.ReadAll(x.Archive()); !bytes.Equal(got, data) {
+		t.Fatal("the archive differs")
+	}
 	if p := x.Progress(); p.FromOrigin != 0 {
 		t.Fatalf("%d bytes came from the origin", p.FromOrigin)
 	}

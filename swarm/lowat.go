@@ -45,7 +45,7 @@ const (
 
 // framing follows the peer protocol's message boundaries in a byte stream.
 type framing struct {
-	seen int   // bytes of the handshake seen
+	seen int // bytes of the handshake seen
 	hdr  [4]byte
 	nh   int   // length bytes collected
 	body int64 // bytes of the current body still to come

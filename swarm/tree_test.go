@@ -222,15 +222,7 @@ func TestManyFilesFallBackToArchive(t *testing.T) {
 	if _, err := nodes[0].Add(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	x, err := nodes[1].Add(ctx, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := x.Wait(wctx); err != nil {
-		t.Fatal(err)
-	}
+	x := fetchAll(t, nodes[1:], m, archive.Bytes())[0]
 	if x.Tree() != "" {
 		t.Errorf("fetched into %q", x.Tree())
 	}
