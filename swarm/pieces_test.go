@@ -242,3 +242,28 @@ func TestDescribeListsPieceSHA256(t *testing.T) {
 		t.Errorf("a short SHA-256 list: %v, want ErrBadMetaInfo", err)
 	}
 }
+
+// A build whose metainfo has no room for the SHA-256 list (or that an
+// older Shoal published) is checked the old way: SHA-1 per piece by the
+// engine, and the install hashes the archive whole (Checked is false).
+func TestWithoutPieceListPiecesAreCheckedBySHA1(t *testing.T) {
+	defer func(old int) { maxMetaInfo = old }(maxMetaInfo)
+	maxMetaInfo = 100
+	nodes := startSwarms(t, 2, 45, zerolog.Nop(), nil)
+	m, data := publishBuild(t, nodes[0], "v1", 700<<10)
+	mi, _ := metainfo.Load(bytes.NewReader(m.MetaInfo))
+	info, _ := mi.UnmarshalInfo()
+	if sums, err := pieceSumsOf(m.MetaInfo, &info); sums != nil || err != nil {
+		t.Fatalf("a metainfo over the limit kept its SHA-256 list (%v)", err)
+	}
+	if _, err := nodes[0].Add(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	x := fetchAll(t, nodes[1:], m, data)[0]
+	if x.pl.check != nil || x.Checked() {
+		t.Error("a build without a SHA-256 list counts as checked by it")
+	}
+	if _, ok := x.t.Piece(0).Storage().PieceImpl.(storage.SelfHashing); ok {
+		t.Error("a build without a SHA-256 list hashes its pieces itself")
+	}
+}

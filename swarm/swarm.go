@@ -124,8 +124,6 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	tc := torrent.NewDefaultClientConfig()
 	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}, ban: s.ban}
 	tc.DefaultStorage = s.ps
-	tc.ListenHost = func(string) string { return cfg.BindAddr }
-	tc.ListenPort = cfg.TorrentPort
 	tc.PublicIp4 = net.ParseIP(cfg.BindAddr).To4()
 	tc.NoDHT, tc.DisableTrackers, tc.DisablePEX, tc.NoDefaultPortForwarding = true, true, true, true
 	tc.DisableUTP, tc.DisableIPv6, tc.DisableWebtorrent, tc.DisableWebseeds = true, true, true, true

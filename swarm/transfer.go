@@ -121,7 +121,14 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	if err != nil {
 		return fmt.Errorf("swarm: encode info: %w", err)
 	}
-	mb, err := bencode.Marshal(metaInfoFile{Info: ib, CreatedBy: "shoal", CreationDate: time.Now().Unix(), PieceSHA256: string(sums)})
+	mf := metaInfoFile{Info: ib, CreatedBy: "shoal", CreationDate: time.Now().Unix(), PieceSHA256: string(sums)}
+	mb, err := bencode.Marshal(mf)
+	if err == nil && len(mb) > maxMetaInfo {
+		// No room for the SHA-256 list in one Consul value: pieces are
+		// checked by SHA-1 and the install hashes the archive whole.
+		mf.PieceSHA256 = ""
+		mb, err = bencode.Marshal(mf)
+	}
 	if err != nil {
 		return fmt.Errorf("swarm: encode metainfo: %w", err)
 	}
@@ -130,6 +137,12 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	m.InfoHash, m.MetaInfo = mi.HashInfoBytes().HexString(), mb
 	return nil
 }
+
+// maxMetaInfo bounds the metainfo with its SHA-256 piece list (pieces.go):
+// the manifest carries it base64 in one Consul value of at most 512 KiB.
+// A 4 MiB-piece build over ~25 GB (or one whose layout is near
+// maxLayoutInfo) goes without the list. A var for tests.
+var maxMetaInfo = 360 << 10
 
 // maxLayoutInfo bounds a layout metainfo (~110 bytes per file with
 // 30-character paths, so about 2,000 files): the
