@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -147,4 +148,22 @@ func swarmCfg(ip string, i int) swarm.Config {
 		c.Join = []string{"127.0.43.2"}
 	}
 	return c
+}
+
+// A state file written while the host was acting on a release (applying)
+// loads as interrupted: applying cleared, the release to be handled again.
+func TestInterruptedApplyLoadsAsUnhandled(t *testing.T) {
+	st, err := swap.Open(t.TempDir(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := ServiceStatus{Service: "web", State: core.StateActive, Seq: 5, Applying: true, HandledIndex: 9, HandledRelease: "9/4/v1/1"}
+	b, _ := json.Marshal(saved)
+	if err := os.WriteFile(filepath.Join(st.Root(), "state.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := newService(&Agent{log: zerolog.Nop()}, "web", ServiceConfig{}, st)
+	if got := s.snapshot(); got.Applying || got.HandledRelease != "" || got.HandledIndex != 0 {
+		t.Errorf("loaded %+v: want applying cleared and the release unhandled", got)
+	}
 }

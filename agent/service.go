@@ -120,10 +120,13 @@ func newService(a *Agent, name string, cfg ServiceConfig, st *swap.Store) *servi
 	}
 	s.st.Service = name
 	s.st.Current, s.st.Previous, s.st.Installed = st.Current(), st.Previous(), st.Installed()
-	switch s.st.State {
-	case core.StateFetching, core.StateVerifying, core.StateReady, core.StateDraining:
-		// interrupted mid-deploy: the release will be handled again
-		s.st.HandledIndex, s.st.HandledRelease = 0, ""
+	switch {
+	case s.st.Applying, s.st.State == core.StateFetching, s.st.State == core.StateVerifying,
+		s.st.State == core.StateReady, s.st.State == core.StateDraining:
+		// interrupted mid-deploy: the release will be handled again (and
+		// Applying set again when it is taken up; left set, a host with no
+		// release to take up would never count as settled)
+		s.st.HandledIndex, s.st.HandledRelease, s.st.Applying = 0, "", false
 	}
 	return s
 }
