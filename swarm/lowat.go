@@ -100,6 +100,10 @@ type markedConn struct {
 
 func markConn(c net.Conn) net.Conn {
 	if tc, ok := c.(*net.TCPConn); ok {
+		// What the engine does to a *net.TCPConn, which it can no
+		// longer see through the wrapper: close with a reset, leaving no
+		// TIME_WAIT behind for each of the many short peer connections.
+		tc.SetLinger(0)
 		return &markedConn{TCPConn: tc, cur: 1}
 	}
 	return c
