@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/iplist"
 	"github.com/anacrolix/torrent/metainfo"
 
@@ -71,26 +72,17 @@ func (g *ipGuard) set(addrs []netip.Addr) {
 }
 
 // add allows one more address (a member just joined).
-func (g *ipGuard) add(a netip.Addr) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	old := *g.ips.Load()
-	if _, ok := old[a.Unmap()]; ok {
-		return
-	}
-	m := make(map[netip.Addr]struct{}, len(old)+1)
-	for k := range old {
-		m[k] = struct{}{}
-	}
-	m[a.Unmap()] = struct{}{}
-	g.ips.Store(&m)
-}
+func (g *ipGuard) add(a netip.Addr) { g.insert(&g.ips, a) }
 
 // ban blocks a; it reports whether a was not banned before.
-func (g *ipGuard) ban(a netip.Addr) bool {
+func (g *ipGuard) ban(a netip.Addr) bool { return g.insert(&g.banned, a) }
+
+// insert adds a to the set set points at (a copy: readers load the set
+// without the lock) and reports whether it was not there before.
+func (g *ipGuard) insert(set *atomic.Pointer[map[netip.Addr]struct{}], a netip.Addr) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	old := *g.banned.Load()
+	old := *set.Load()
 	if _, ok := old[a.Unmap()]; ok {
 		return false
 	}
@@ -99,8 +91,14 @@ func (g *ipGuard) ban(a netip.Addr) bool {
 		m[k] = struct{}{}
 	}
 	m[a.Unmap()] = struct{}{}
-	g.banned.Store(&m)
+	set.Store(&m)
 	return true
+}
+
+// peerIP is the IP address a peer connection comes from.
+func peerIP(pc *torrent.PeerConn) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(pc.RemoteAddr.String())
+	return ap.Addr().Unmap(), err == nil
 }
 
 // ban bans members whose chunks of a piece differed from its good copy
@@ -119,7 +117,7 @@ func (s *Swarm) ban(ih metainfo.Hash, piece int, ips []netip.Addr) {
 		}
 		for _, t := range s.cl.Torrents() {
 			for _, pc := range t.PeerConns() {
-				if ap, err := netip.ParseAddrPort(pc.RemoteAddr.String()); err == nil && drop[ap.Addr().Unmap()] {
+				if ip, ok := peerIP(pc); ok && drop[ip] {
 					pc.Close()
 				}
 			}

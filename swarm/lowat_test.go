@@ -37,6 +37,15 @@ func TestFramingMark(t *testing.T) {
 			t.Fatalf("step %d: mark %d, want %d", i, got, s.want)
 		}
 	}
+	// A hostile length (4 GiB): the mark stays at maxMark, never asking
+	// the kernel to hold more than that for the engine, which refuses the
+	// message when it decodes the length.
+	var huge framing
+	huge.feed(hs)
+	huge.feed([]byte{0xff, 0xff, 0xff, 0xff})
+	if got := huge.mark(); got != maxMark {
+		t.Errorf("after a 4 GiB length: mark %d, want %d", got, maxMark)
+	}
 	var enc framing
 	enc.feed([]byte{0x7f, 0x13, 'B'}) // an encrypted handshake starts with key bytes
 	enc.feed(msg(256 << 10))

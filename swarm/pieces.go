@@ -88,6 +88,9 @@ const maxFailedKept = 8
 // pieceCheck is one open build's SHA-256 piece state.
 type pieceCheck struct {
 	sums []byte
+	// ban bans the members whose chunks of piece differed from its good
+	// copy; nil bans no one.
+	ban func(piece int, ips []netip.Addr)
 
 	mu      sync.Mutex
 	ok      []bool // passed since the storage opened, not written since
@@ -96,8 +99,8 @@ type pieceCheck struct {
 	failed  map[int]*failedPiece
 }
 
-func newPieceCheck(sums []byte) *pieceCheck {
-	return &pieceCheck{sums: sums, ok: make([]bool, len(sums)/sha256.Size), senders: map[int][]sent{}, failed: map[int]*failedPiece{}}
+func newPieceCheck(sums []byte, ban func(piece int, ips []netip.Addr)) *pieceCheck {
+	return &pieceCheck{sums: sums, ban: ban, ok: make([]bool, len(sums)/sha256.Size), senders: map[int][]sent{}, failed: map[int]*failedPiece{}}
 }
 
 // matches reports whether data is piece i by its SHA-256.
@@ -184,19 +187,15 @@ type checkedPiece struct{ placedPiece }
 // the two). Members whose chunks made an earlier copy fail are banned.
 func (cp *checkedPiece) SelfHash() (metainfo.Hash, error) {
 	want := cp.p.V1Hash().Unwrap()
-	n := cp.p.Length()
-	bp := hashBufs.Get().(*[]byte)
-	defer hashBufs.Put(bp)
-	buf := *bp
-	if int64(len(buf)) < n {
-		buf = make([]byte, n)
-	}
-	if _, err := cp.ReadAt(buf[:n], 0); err != nil {
+	buf, put := pieceBuf(cp.p.Length())
+	defer put()
+	if _, err := cp.ReadAt(buf, 0); err != nil {
 		return metainfo.Hash{}, err
 	}
-	good, culprits := cp.t.p.check.check(cp.p.Index(), buf[:n])
-	if len(culprits) > 0 && cp.t.ban != nil {
-		cp.t.ban(cp.t.ih, cp.p.Index(), culprits)
+	c := cp.t.p.check
+	good, culprits := c.check(cp.p.Index(), buf)
+	if len(culprits) > 0 && c.ban != nil {
+		c.ban(cp.p.Index(), culprits)
 	}
 	if !good {
 		want[0] ^= 0xff

@@ -35,13 +35,14 @@ func openChecked(t *testing.T, data []byte, pieceLen int64, sums []byte) ([]stor
 	}
 	var mu sync.Mutex
 	var bans [][]netip.Addr
-	ps := &placeStorage{dir: t.TempDir(), at: map[metainfo.Hash]*placement{}, ban: func(_ metainfo.Hash, _ int, ips []netip.Addr) {
+	ban := func(_ int, ips []netip.Addr) {
 		mu.Lock()
 		bans = append(bans, ips)
 		mu.Unlock()
-	}}
+	}
+	ps := &placeStorage{dir: t.TempDir(), at: map[metainfo.Hash]*placement{}}
 	ih := metainfo.HashBytes(data)
-	p := ps.place(ih, &placement{archive: filepath.Join(ps.dir, info.Name), check: newPieceCheck(sums)})
+	p := ps.place(ih, &placement{archive: filepath.Join(ps.dir, info.Name), check: newPieceCheck(sums, ban)})
 	ti, err := ps.OpenTorrent(context.Background(), &info, ih)
 	if err != nil {
 		t.Fatal(err)

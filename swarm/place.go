@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -62,10 +61,7 @@ func framingPath(archive string) string { return archive + ".framing" }
 // placeStorage is the engine's storage for every build.
 type placeStorage struct {
 	pc  *pieceDB
-	dir string // the archives directory
-	// ban bans the members whose chunks of piece differed from its good
-	// copy (see pieceCheck).
-	ban func(ih metainfo.Hash, piece int, ips []netip.Addr)
+	dir string     // the archives directory
 	mu  sync.Mutex // guards at
 	at  map[metainfo.Hash]*placement
 }
@@ -106,7 +102,7 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 	if p == nil {
 		p = &placement{archive: filepath.Join(ps.dir, filepath.Base(info.Name))}
 	}
-	t := &placed{pc: ps.pc, ih: ih, p: p, ban: ps.ban, files: map[int]*os.File{}}
+	t := &placed{pc: ps.pc, ih: ih, p: p, files: map[int]*os.File{}}
 	if p.tree == "" {
 		t.segs = []segment{{Off: 0, Len: info.TotalLength()}}
 	} else {
@@ -202,7 +198,6 @@ type placed struct {
 	p    *placement
 	segs []segment
 	root *os.Root // tree placement
-	ban  func(ih metainfo.Hash, piece int, ips []netip.Addr)
 
 	mu     sync.RWMutex // guards files and closed; I/O runs under the read lock
 	files  map[int]*os.File
@@ -389,6 +384,17 @@ func (pp *placedPiece) WriteTo(w io.Writer) (int64, error) {
 }
 
 var hashBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// pieceBuf is a buffer of n bytes for reading a piece, from hashBufs when
+// n fits one (pieces are 256 KiB-4 MiB); put returns it.
+func pieceBuf(n int64) (buf []byte, put func()) {
+	bp := hashBufs.Get().(*[]byte)
+	if int64(len(*bp)) < n {
+		hashBufs.Put(bp)
+		return make([]byte, n), func() {}
+	}
+	return (*bp)[:n], func() { hashBufs.Put(bp) }
+}
 
 // archiveReader reads a placed build's archive bytes, wherever they are
 // placed: the install reads a tree-placed build through it.

@@ -122,7 +122,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s.pc = pc
 	tc := torrent.NewDefaultClientConfig()
-	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}, ban: s.ban}
+	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}}
 	tc.DefaultStorage = s.ps
 	tc.PublicIp4 = net.ParseIP(cfg.BindAddr).To4()
 	tc.NoDHT, tc.DisableTrackers, tc.DisablePEX, tc.NoDefaultPortForwarding = true, true, true, true
@@ -487,8 +487,8 @@ func (s *Swarm) onUseful(ev torrent.ReceivedUsefulDataEvent) {
 	x.from[name] += n
 	x.mu.Unlock()
 	if c := x.pl.check; c != nil {
-		if ap, err := netip.ParseAddrPort(pc.RemoteAddr.String()); err == nil {
-			c.noteSent(int(ev.Message.Index), int64(ev.Message.Begin), n, ap.Addr().Unmap())
+		if ip, ok := peerIP(pc); ok {
+			c.noteSent(int(ev.Message.Index), int64(ev.Message.Begin), n, ip)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -132,9 +133,8 @@ func (s *Swarm) Describe(m *core.Manifest) error {
 	if err != nil {
 		return fmt.Errorf("swarm: encode metainfo: %w", err)
 	}
-	mi := metainfo.MetaInfo{InfoBytes: ib}
 	m.Size, m.SHA256, m.PieceLength = n, hex.EncodeToString(h.Sum(nil)), info.PieceLength
-	m.InfoHash, m.MetaInfo = mi.HashInfoBytes().HexString(), mb
+	m.InfoHash, m.MetaInfo = metainfo.HashBytes(ib).HexString(), mb
 	return nil
 }
 
@@ -168,14 +168,10 @@ func layoutInfo(info metainfo.Info, regions []swap.Region) ([]byte, error) {
 // pieceHashes reads r from its start and returns the SHA-1 and the
 // SHA-256 of each piece.
 func pieceHashes(r io.ReaderAt, pieceLength int64) (sha1s, sha256s []byte, err error) {
-	bp := hashBufs.Get().(*[]byte)
-	defer hashBufs.Put(bp)
-	buf := (*bp)[:0]
-	if int64(cap(buf)) < pieceLength {
-		buf = make([]byte, 0, pieceLength)
-	}
+	buf, put := pieceBuf(pieceLength)
+	defer put()
 	for off := int64(0); ; off += pieceLength {
-		n, err := r.ReadAt(buf[:pieceLength], off)
+		n, err := r.ReadAt(buf, off)
 		if n > 0 {
 			s1, s256 := sha1.Sum(buf[:n]), sha256.Sum256(buf[:n])
 			sha1s, sha256s = append(sha1s, s1[:]...), append(sha256s, s256[:]...)
@@ -504,7 +500,7 @@ func (s *Swarm) placementFor(m *core.Manifest, info *metainfo.Info, ih metainfo.
 	archive := s.ArchivePath(m.Service, m.Build)
 	p := &placement{archive: archive}
 	if sums != nil {
-		p.check = newPieceCheck(sums)
+		p.check = newPieceCheck(sums, func(piece int, ips []netip.Addr) { s.ban(ih, piece, ips) })
 	}
 	if dir, installed := s.treeFor(m, info); dir != "" {
 		p.archive, p.tree = framingPath(archive), dir
