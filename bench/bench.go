@@ -126,9 +126,12 @@ type Result struct {
 	OriginBytes  int64     `json:"origin_bytes"`
 	OriginX      float64   `json:"origin_x"`
 	PeerBytes    int64     `json:"peer_bytes"`
-	// CPU is CPU seconds per agent during the run; RSS peak resident MiB per agent.
-	CPU    Summary `json:"cpu_s"`
-	RSSMiB Summary `json:"rss_mib"`
+	// CPU is CPU seconds per agent during the run; RSS peak resident MiB
+	// per agent, RSSStart what each was resident with when the run began
+	// (an agent's peak cannot be below what it already holds).
+	CPU         Summary `json:"cpu_s"`
+	RSSMiB      Summary `json:"rss_mib"`
+	RSSStartMiB Summary `json:"rss_start_mib"`
 	// Machine is the whole machine's CPU during the run (Consul, the
 	// kernel's packet work and the harness included); CPUPerGB is that per
 	// GB delivered (N copies); HostCPUPerGB the median fetching host's
@@ -346,9 +349,12 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	if err != nil {
 		return res, fmt.Errorf("bench: publish: %w", err)
 	}
+	var rssStart []float64
 	for _, a := range f.Agents {
 		resetPeakRSS(a.Pid()) // each run's peak is its own build's
+		rssStart = append(rssStart, procStatusMiB(a.Pid(), "VmRSS:"))
 	}
+	res.RSSStartMiB = Summarize(rssStart)
 	cpu0 := cpuSeconds(f)
 	m0 := readMachineCPU()
 	before, _ := fleetStatus(ctx, f)
@@ -438,7 +444,7 @@ func runOnce(ctx context.Context, cfg Config, f *fleet.Fleet, sig *signal.Client
 	}
 	for i, a := range f.Agents {
 		cpu = append(cpu, cpu1[i]-cpu0[i])
-		rss = append(rss, peakRSSMiB(a.Pid()))
+		rss = append(rss, procStatusMiB(a.Pid(), "VmHWM:"))
 	}
 	res.Signal, res.Verified, res.Active = Summarize(signalT), Summarize(verifiedT), Summarize(activeT)
 	res.HostVerified = verifiedT
@@ -621,14 +627,15 @@ func resetPeakRSS(pid int) {
 	_ = os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
-// peakRSSMiB reads VmHWM (peak resident set) from /proc.
-func peakRSSMiB(pid int) float64 {
+// procStatusMiB reads a size from /proc/pid/status: VmHWM (peak resident
+// set) or VmRSS (resident now).
+func procStatusMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
+		if strings.HasPrefix(line, field) {
 			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
 			return kb / 1024
 		}

@@ -234,7 +234,7 @@ func btRun(ctx context.Context, cfg Config, n, run int, dir, payload, sum string
 	for i, h := range hosts {
 		c := procCPU(h.cmd.Process.Pid)
 		cpu = append(cpu, c)
-		rss = append(rss, peakRSSMiB(h.cmd.Process.Pid))
+		rss = append(rss, procStatusMiB(h.cmd.Process.Pid, "VmHWM:"))
 		if i > 0 {
 			verified = append(verified, h.done.Seconds())
 		}

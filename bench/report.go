@@ -47,7 +47,7 @@ func rssByBuild(rs []Result) []string {
 		n      int
 	}
 	var order []key
-	peaks := map[key][]string{}
+	peaks, starts := map[key][]string{}, map[key][]string{}
 	first, last := map[key]float64{}, map[key]float64{}
 	for _, r := range rs {
 		k := key{r.Method, r.N}
@@ -59,6 +59,7 @@ func rssByBuild(rs []Result) []string {
 			first[k] = r.RSSMiB.Max
 		}
 		peaks[k] = append(peaks[k], fmt.Sprintf("%.0f", r.RSSMiB.Max))
+		starts[k] = append(starts[k], fmt.Sprintf("%.0f", r.RSSStartMiB.Max))
 		last[k] = r.RSSMiB.Max
 	}
 	var out []string
@@ -66,8 +67,8 @@ func rssByBuild(rs []Result) []string {
 		if len(peaks[k]) < 2 {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s N=%d: peak RSS per agent by build %s MiB (last/first %.2f)",
-			k.method, k.n, strings.Join(peaks[k], ", "), last[k]/first[k]))
+		out = append(out, fmt.Sprintf("%s N=%d: peak RSS per agent by build %s MiB (last/first %.2f; resident when each began %s)",
+			k.method, k.n, strings.Join(peaks[k], ", "), last[k]/first[k], strings.Join(starts[k], ", ")))
 	}
 	return out
 }

@@ -15,6 +15,7 @@ type counters struct {
 	recv                                [24]atomic.Int64 // by peer-protocol message type
 	keepalive, requests, opened, closed atomic.Int64
 	refreshes, offered                  atomic.Int64
+	trims                               atomic.Int64 // idle trims, trim.go
 }
 
 func (s *Swarm) onRead(_ *torrent.PeerConn, m *pp.Message) {
@@ -31,7 +32,7 @@ func (s *Swarm) onConnAdded(*torrent.PeerConn)          { s.count.opened.Add(1) 
 
 // Counters returns the counters by name (recv_have, recv_bitfield,
 // recv_request, recv_piece, …, requests_sent, conns_opened, conns_closed,
-// peer_refreshes, peers_offered); zero ones are left out.
+// peer_refreshes, peers_offered, memory_trims); zero ones are left out.
 func (s *Swarm) Counters() map[string]int64 {
 	out := map[string]int64{}
 	put := func(k string, v int64) {
@@ -48,5 +49,6 @@ func (s *Swarm) Counters() map[string]int64 {
 	put("conns_closed", s.count.closed.Load())
 	put("peer_refreshes", s.count.refreshes.Load())
 	put("peers_offered", s.count.offered.Load())
+	put("memory_trims", s.count.trims.Load())
 	return out
 }

@@ -56,6 +56,7 @@ type Swarm struct {
 	listener net.Listener    // the engine's peer listener (lowat.go)
 	auth     *trust.PeerAuth // signs and checks peer API requests
 	nudge    chan struct{}   // a member joined: offer peers now
+	trimNow  chan struct{}   // a build was installed: give memory back (trim.go)
 	up       *rate.Limiter   // nil: uploads unlimited
 	down     *rate.Limiter   // nil: downloads unlimited
 	http     *http.Client    // to members, from the bind address; 2 min limit
@@ -78,6 +79,7 @@ type Swarm struct {
 	badBy map[string]int64 // pieces that failed their hash, by sender IP
 
 	count counters // see counters.go
+	trim  idleTrim // touched only by Run's loop; see trim.go
 }
 
 // PeerIDFor is the BitTorrent peer id a node uses, derived from its name
@@ -97,7 +99,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1), guard: newIPGuard(),
+	s := &Swarm{cfg: cfg, log: log, nudge: make(chan struct{}, 1), trimNow: make(chan struct{}, 1), guard: newIPGuard(),
 		auth:      trust.NewPeerAuth(cfg.SecretKeys, cfg.Node),
 		transfers: map[*torrent.Torrent]*Transfer{}, names: map[torrent.PeerID]string{}, badBy: map[string]int64{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -239,8 +241,11 @@ func (s *Swarm) Run(ctx context.Context) error {
 			}
 		case <-s.nudge:
 			s.refreshPeers()
+		case <-s.trimNow:
+			s.trimMemory("a build was installed")
 		case <-peerTick.C:
 			s.refreshPeers()
+			s.trimWhenIdle()
 		case <-scrub:
 			scrubbed = s.scrubOne(ctx, scrubbed)
 		}

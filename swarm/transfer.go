@@ -592,6 +592,7 @@ func (x *Transfer) Archive() *io.SectionReader {
 func (x *Transfer) Installed(dir string) {
 	x.pl.moved.Store(&dir)
 	x.pl.sealed.Store(true)
+	x.s.trimSoon()
 }
 
 // Wait blocks until every piece is verified, or ctx is done.

@@ -32,14 +32,16 @@ func (pc *PeerConn) initMessageWriter() {
 			defer pc.locker().RUnlock()
 			return pc.useful()
 		},
-		writeBuffer: getWriteBuffer(),
 	}
 }
 
 // writeBuffers recycles message writers' buffers across connections (Shoal
 // patch): each connection's two buffers grew from empty to hold a 256 KiB
-// piece message or two, zeroed as they grew, and were dropped with the
-// connection; a host makes dozens of connections per build.
+// piece message or two, zeroed as they grew, and were kept for the
+// connection's life, idle or not; a host makes dozens of connections per
+// build and keeps those of the builds it still seeds. A connection now holds
+// a buffer only while it has bytes to send: the writer takes one from here
+// for the first message and gives it back once its bytes are written.
 var writeBuffers stdsync.Pool
 
 func getWriteBuffer() *peerConnMsgWriterBuffer {
@@ -90,7 +92,8 @@ type peerConnMsgWriter struct {
 
 	mu        sync.Mutex
 	writeCond chansync.BroadcastCond
-	// Pointer so we can swap with the "front buffer".
+	// Pointer so we can swap with the "front buffer". Nil while nothing is
+	// buffered (Shoal patch: see writeBuffers).
 	writeBuffer *peerConnMsgWriterBuffer
 
 	totalWriteDuration    time.Duration
@@ -105,8 +108,18 @@ type peerConnMsgWriter struct {
 func (cn *peerConnMsgWriter) run(keepAliveTimeout time.Duration) {
 	lastWrite := time.Now()
 	keepAliveTimer := time.NewTimer(keepAliveTimeout)
-	frontBuf := getWriteBuffer()
-	defer func() { putWriteBuffer(frontBuf) }() // the back buffer may still be written to: left to the GC
+	var frontBuf *peerConnMsgWriterBuffer // only while it holds bytes being written
+	defer func() {
+		if frontBuf != nil {
+			putWriteBuffer(frontBuf)
+		}
+		cn.mu.Lock()
+		if cn.writeBuffer != nil {
+			putWriteBuffer(cn.writeBuffer) // a later write takes another, left to the GC
+			cn.writeBuffer = nil
+		}
+		cn.mu.Unlock()
+	}()
 	for {
 		if cn.closed.IsSet() {
 			return
@@ -114,11 +127,11 @@ func (cn *peerConnMsgWriter) run(keepAliveTimeout time.Duration) {
 		cn.fillWriteBuffer()
 		keepAlive := cn.keepAlive()
 		cn.mu.Lock()
-		if cn.writeBuffer.Len() == 0 && time.Since(lastWrite) >= keepAliveTimeout && keepAlive {
-			cn.writeBuffer.Write(pp.Message{Keepalive: true}.MustMarshalBinary())
+		if cn.bufferedLocked() == 0 && time.Since(lastWrite) >= keepAliveTimeout && keepAlive {
+			cn.writeToBuffer(pp.Message{Keepalive: true})
 			torrent.Add("written keepalives", 1)
 		}
-		if cn.writeBuffer.Len() == 0 {
+		if cn.bufferedLocked() == 0 {
 			writeCond := cn.writeCond.Signaled()
 			cn.mu.Unlock()
 			select {
@@ -129,7 +142,7 @@ func (cn *peerConnMsgWriter) run(keepAliveTimeout time.Duration) {
 			continue
 		}
 		// Flip the buffers.
-		frontBuf, cn.writeBuffer = cn.writeBuffer, frontBuf
+		frontBuf, cn.writeBuffer = cn.writeBuffer, nil
 		cn.mu.Unlock()
 		if frontBuf.Len() == 0 {
 			panic("expected non-empty front buffer")
@@ -161,13 +174,17 @@ func (cn *peerConnMsgWriter) run(keepAliveTimeout time.Duration) {
 		cn.totalBytesWritten += int64(startingBufLen)
 		cn.totalDataBytesWritten += int64(frontBuf.pieceDataBytes)
 		cn.mu.Unlock()
-		frontBuf.pieceDataBytes = 0
+		putWriteBuffer(frontBuf)
+		frontBuf = nil
 		lastWrite = time.Now()
 		keepAliveTimer.Reset(keepAliveTimeout)
 	}
 }
 
 func (cn *peerConnMsgWriter) writeToBuffer(msg pp.Message) (err error) {
+	if cn.writeBuffer == nil {
+		cn.writeBuffer = getWriteBuffer()
+	}
 	originalLen := cn.writeBuffer.Len()
 	defer func() {
 		if err != nil {
@@ -191,5 +208,20 @@ func (cn *peerConnMsgWriter) write(msg pp.Message) bool {
 }
 
 func (cn *peerConnMsgWriter) writeBufferFull() bool {
-	return cn.writeBuffer.Len() >= writeBufferHighWaterLen
+	return cn.bufferedLocked() >= writeBufferHighWaterLen
+}
+
+// buffered is how many bytes wait to be written (Shoal patch: upstream read
+// the buffer's length without the lock the writer flips it under).
+func (cn *peerConnMsgWriter) buffered() int {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.bufferedLocked()
+}
+
+func (cn *peerConnMsgWriter) bufferedLocked() int {
+	if cn.writeBuffer == nil {
+		return 0
+	}
+	return cn.writeBuffer.Len()
 }

@@ -403,7 +403,7 @@ func (me *PeerConn) remoteRejectsCancels() bool {
 }
 
 func (cn *PeerConn) fillWriteBuffer() {
-	if cn.messageWriter.writeBuffer.Len() > writeBufferLowWaterLen {
+	if cn.messageWriter.buffered() > writeBufferLowWaterLen {
 		// Fully committing to our max requests requires sufficient space (see
 		// maxLocalToRemoteRequests). Flush what we have instead. We also prefer always to make
 		// requests than to do PEX or upload, so we short-circuit before handling those. Any update
