@@ -124,9 +124,16 @@ func TestThreeNodeTransfer(t *testing.T) {
 }
 
 // Four swarms; the fetching hosts pull their slices from the origin over
-// HTTP and everything else from each other.
+// HTTP (one range request per slice piece by default, Handout.Streams in
+// parallel when set) and everything else from each other.
 func TestOriginSlices(t *testing.T) {
-	var served atomic.Int64
+	for _, streams := range []int{1, 4} {
+		t.Run(fmt.Sprintf("streams=%d", streams), func(t *testing.T) { testOriginSlices(t, streams) })
+	}
+}
+
+func testOriginSlices(t *testing.T, streams int) {
+	var served, gets atomic.Int64
 	var origin *Swarm
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost { // the agent's POST .../next
@@ -142,13 +149,20 @@ func TestOriginSlices(t *testing.T) {
 			fmt.Fprintf(w, `{"piece":%d}`, i)
 			return
 		}
+		gets.Add(1)
 		time.Sleep(20 * time.Millisecond) // an origin's upload is what is scarce: one host cannot take every piece before the others ask
 		http.ServeFile(&countingWriter{ResponseWriter: w, n: &served}, r, origin.ArchivePath("web", "v1"))
 	}))
 	defer srv.Close()
 	nodes := startSwarms(t, 4, 42, zerolog.Nop(), func(s *Swarm) {
 		s.SetOriginURL(func(origin, service, build string) string { return srv.URL })
+		if streams > 1 {
+			s.cfg.Handout.Streams = streams
+		}
 	})
+	if got := nodes[1].cfg.Handout.Streams; got != streams {
+		t.Fatalf("Handout.Streams = %d, want %d", got, streams)
+	}
 	origin = nodes[0]
 	m, data := publish(t, origin, 6<<20+777)
 	xs := fetchAll(t, nodes, m, data)
@@ -167,8 +181,13 @@ func TestOriginSlices(t *testing.T) {
 	if sliced != xs[0].t.NumPieces() || pullers < 2 {
 		t.Errorf("%d hosts pulled %d slices of %d pieces; want every piece handed out once, to 2 or more hosts", pullers, sliced, xs[0].t.NumPieces())
 	}
+	// Each slice piece took streams range requests (the last, short piece
+	// one); none was retried.
+	if want := int64(streams*(sliced-1) + 1); gets.Load() < want-int64(streams-1) || gets.Load() > int64(streams*sliced) {
+		t.Errorf("%d range requests for %d slice pieces with %d streams, want about %d", gets.Load(), sliced, streams, want)
+	}
 	up := nodes[0].Seeds()[0].Uploaded
-	t.Logf("origin: %d bytes over HTTP, %d over the torrent, size %d", served.Load(), up, m.Size)
+	t.Logf("origin: %d bytes over HTTP in %d requests, %d over the torrent, size %d", served.Load(), gets.Load(), up, m.Size)
 	if served.Load() < m.Size/2 {
 		t.Errorf("origin served only %d of %d bytes over HTTP: slices were not pulled", served.Load(), m.Size)
 	}
