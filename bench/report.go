@@ -67,8 +67,12 @@ func rssByBuild(rs []Result) []string {
 		if len(peaks[k]) < 2 {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s N=%d: peak RSS per agent by build %s MiB (last/first %.2f; resident when each began %s)",
-			k.method, k.n, strings.Join(peaks[k], ", "), last[k]/first[k], strings.Join(starts[k], ", ")))
+		line := fmt.Sprintf("%s N=%d: peak RSS per agent by build %s MiB (last/first %.2f",
+			k.method, k.n, strings.Join(peaks[k], ", "), last[k]/first[k])
+		if k.method != "bittorrent" { // aria2c runs once per build: nothing resident before
+			line += "; resident when each began " + strings.Join(starts[k], ", ")
+		}
+		out = append(out, line+")")
 	}
 	return out
 }

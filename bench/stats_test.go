@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -72,5 +73,26 @@ func TestResultsRoundTripAndPlots(t *testing.T) {
 	}
 	if err := WritePlots(dir, got); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The RSS-by-build line follows each (method, N) through its builds, says
+// what each agent already held when a build began (Shoal's agents live
+// across builds; aria2c is started per build), and skips a single run.
+func TestRSSByBuild(t *testing.T) {
+	rs := []Result{
+		{Method: "p2p", N: 20, RSSMiB: Summary{Max: 50}, RSSStartMiB: Summary{Max: 30}},
+		{Method: "p2p", N: 20, RSSMiB: Summary{Max: 55}, RSSStartMiB: Summary{Max: 35}},
+		{Method: "bittorrent", N: 20, RSSMiB: Summary{Max: 30}},
+		{Method: "bittorrent", N: 20, RSSMiB: Summary{Max: 33}},
+		{Method: "p2p", N: 40, RSSMiB: Summary{Max: 60}},
+	}
+	got := rssByBuild(rs)
+	want := []string{
+		"p2p N=20: peak RSS per agent by build 50, 55 MiB (last/first 1.10; resident when each began 30, 35)",
+		"bittorrent N=20: peak RSS per agent by build 30, 33 MiB (last/first 1.10)",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("rssByBuild:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
