@@ -68,7 +68,12 @@ func digestTree(dir string, paths []string, h hash.Hash, prefix string) (string,
 			if err != nil {
 				return "", fmt.Errorf("swap: digest: %w", err)
 			}
-			n, err := copyLarge(h, f)
+			n, err := hashFile(h, f, fi.Size())
+			if err == nil {
+				if now, serr := f.Stat(); serr == nil && now.Size() != fi.Size() {
+					n = now.Size() // changed while it was read
+				}
+			}
 			f.Close()
 			if err != nil {
 				return "", fmt.Errorf("swap: digest %s: %w", p, err)

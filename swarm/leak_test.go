@@ -33,23 +33,15 @@ func TestAddedAndDroppedBuildsLeaveNoHeap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	live := func() uint64 {
-		var ms runtime.MemStats
-		for range 3 { // sync.Pool keeps what it held through one collection
-			runtime.GC()
-		}
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	for i := range 20 { // warm up: pools, maps and the engine reach their working size
 		cycle(i)
 	}
-	before := live()
+	before := liveHeap()
 	const n = 300
 	for i := range n {
 		cycle(1000 + i)
 	}
-	after := live()
+	after := liveHeap()
 	per := (float64(after) - float64(before)) / n
 	t.Logf("live heap %d -> %d bytes over %d builds added and dropped: %.0f bytes each", before, after, n, per)
 	if per > 450 {
@@ -106,16 +98,8 @@ func TestIdleConnectionsHoldNoWriteBuffers(t *testing.T) {
 	if raceEnabled {
 		t.Skip("heap sizes under -race are the detector's; `make unit` runs it again without")
 	}
-	live := func() uint64 {
-		var ms runtime.MemStats
-		for range 3 { // sync.Pool keeps what it held through one collection
-			runtime.GC()
-		}
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	nodes, m, _ := onePeerHasIt(t, 64<<20)
-	before := live()
+	before := liveHeap()
 	x, err := nodes[2].Add(context.Background(), m)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +115,7 @@ func TestIdleConnectionsHoldNoWriteBuffers(t *testing.T) {
 	if p.Have == p.Total || len(p.Peers) == 0 {
 		t.Fatalf("want a partial build with its connection open: %d of %d bytes, %d peers", p.Have, p.Total, len(p.Peers))
 	}
-	after := live()
+	after := liveHeap()
 	grew := int64(after) - int64(before)
 	t.Logf("live heap %d -> %d bytes with %d of %d bytes moved and the connection idle (%+d)", before, after, p.Have, p.Total, grew)
 	// The new torrent and both ends' 128 KiB read buffers measure about
@@ -156,4 +140,14 @@ func onePeerHasIt(t *testing.T, size int) ([]*Swarm, *core.Manifest, []byte) {
 		t.Fatal(err)
 	}
 	return nodes, m, data
+}
+
+// liveHeap is the heap in use once garbage is collected.
+func liveHeap() uint64 {
+	var ms runtime.MemStats
+	for range 3 { // sync.Pool keeps what it held through one collection
+		runtime.GC()
+	}
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
