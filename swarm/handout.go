@@ -55,12 +55,10 @@ type Handout struct {
 	Off bool `json:"off,omitempty"`
 	// Streams is how many HTTP range requests fetch one slice piece at
 	// once. Default 1: every fetching host pulls from the origin at once,
-	// so the origin's upload is already split N ways, and splitting it 4N
-	// ways left each stream so thin that the kernel sent it in small
-	// packets, each acknowledged: at N = 20 the origin's link carried 42k
-	// packets for one copy of 100 MB where a BitTorrent seed's carried 9k,
-	// and the fleet spent 15-20 % more CPU for no gain in time (N = 5: 12.1
-	// s with 4, 11.8 with 1). More streams win a bigger share of a host's
+	// so the origin's upload is already split N ways; with 4 per host the
+	// fleet spent 15-20 % more CPU for no gain in time (N = 20: 17.2-18.2
+	// against 14.3-15.1 CPU-s; N = 5: 12.1 s with 4, 11.8 with 1;
+	// docs/BENCHMARKS.md). More streams win a bigger share of a host's
 	// download link against its peer connections; 4 was the default when
 	// one stream got ~1/9 of it at N = 5, before peer sets.
 	Streams int `json:"streams,omitempty"`
