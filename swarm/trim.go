@@ -16,7 +16,9 @@ import (
 // a build has been installed here (fetching, checking and unpacking are
 // over; the host goes on serving with much less), and once the engine has
 // moved nothing for a whole peer-refresh tick after moving something.
-// About 10 ms of CPU each; never in the middle of a fetch's work.
+// About 10 ms of CPU each. Another build may still be fetching when one is
+// installed, and a fetch that stalls for a tick counts as quiet: both only
+// cost that collection, and the heap grows back as the work needs it.
 type idleTrim struct {
 	moved  int64 // bytes read and written by the engine at the last tick
 	active bool  // something moved since the last trim
