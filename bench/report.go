@@ -47,7 +47,7 @@ func rssByBuild(rs []Result) []string {
 		n      int
 	}
 	var order []key
-	peaks, starts := map[key][]string{}, map[key][]string{}
+	peaks, starts, started := map[key][]string{}, map[key][]string{}, map[key]bool{}
 	first, last := map[key]float64{}, map[key]float64{}
 	for _, r := range rs {
 		k := key{r.Method, r.N}
@@ -60,6 +60,7 @@ func rssByBuild(rs []Result) []string {
 		}
 		peaks[k] = append(peaks[k], fmt.Sprintf("%.0f", r.RSSMiB.Max))
 		starts[k] = append(starts[k], fmt.Sprintf("%.0f", r.RSSStartMiB.Max))
+		started[k] = started[k] || r.RSSStartMiB.Max > 0
 		last[k] = r.RSSMiB.Max
 	}
 	var out []string
@@ -69,7 +70,7 @@ func rssByBuild(rs []Result) []string {
 		}
 		line := fmt.Sprintf("%s N=%d: peak RSS per agent by build %s MiB (last/first %.2f",
 			k.method, k.n, strings.Join(peaks[k], ", "), last[k]/first[k])
-		if k.method != "bittorrent" { // aria2c runs once per build: nothing resident before
+		if started[k] { // agents live across builds; aria2c is started per build
 			line += "; resident when each began " + strings.Join(starts[k], ", ")
 		}
 		out = append(out, line+")")

@@ -69,10 +69,10 @@ func digestTree(dir string, paths []string, h hash.Hash, prefix string) (string,
 				return "", fmt.Errorf("swap: digest: %w", err)
 			}
 			n, err := hashFile(h, f, fi.Size())
-			if err == nil {
-				if now, serr := f.Stat(); serr == nil && now.Size() != fi.Size() {
-					n = now.Size() // changed while it was read
-				}
+			if now, serr := f.Stat(); err == nil && serr == nil && now.Size() != n {
+				// A mapping reads no further than it was asked: a file that
+				// grew while it was hashed is caught here.
+				err = fmt.Errorf("its size changed from %d to %d while it was read", n, now.Size())
 			}
 			f.Close()
 			if err != nil {

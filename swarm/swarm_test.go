@@ -183,7 +183,7 @@ func testOriginSlices(t *testing.T, streams int) {
 	}
 	// Each slice piece took streams range requests (the last, short piece
 	// one); none was retried.
-	if want := int64(streams*(sliced-1) + 1); gets.Load() < want-int64(streams-1) || gets.Load() > int64(streams*sliced) {
+	if want := int64(streams*(sliced-1) + 1); gets.Load() != want {
 		t.Errorf("%d range requests for %d slice pieces with %d streams, want about %d", gets.Load(), sliced, streams, want)
 	}
 	up := nodes[0].Seeds()[0].Uploaded

@@ -57,8 +57,10 @@ func (s *Swarm) trimSoon() {
 }
 
 // trimMemory returns the heap's free pages to the OS and counts it
-// (memory_trims).
+// (memory_trims). What moved before it is given back: the next quiet tick
+// trims again only if bytes moved since.
 func (s *Swarm) trimMemory(why string) {
+	s.trim.active = false
 	runtime.GC()
 	debug.FreeOSMemory()
 	s.count.trims.Add(1)
