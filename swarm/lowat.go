@@ -3,15 +3,19 @@ package swarm
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"io"
 	"net"
+	"os"
 	"syscall"
+	"unsafe"
 )
 
 // Fewer wake-ups per received byte.
 //
 // A host receives a build at its link's pace: at 10 MB/s the kernel holds
 // a segment or two for a socket at a time, and the engine's reader, woken
-// for each arrival, reads 2-3 KiB, re-arms its read deadline and parks
+// for each arrival, read 2-3 KiB, re-armed its read deadline and parked
 // again. Waking goroutines (the Go scheduler polling the network) and the
 // read syscalls were a quarter of an agent's CPU (docs/BENCHMARKS.md).
 //
@@ -29,10 +33,16 @@ import (
 // A stream that does not start with the plaintext handshake (an encrypted
 // one) is passed through with the mark left at 1.
 
-// maxMark is the largest SO_RCVLOWAT set: 32 KiB is a dozen segments, and
-// small enough next to the default 128 KiB receive buffer that the kernel
-// does not clamp the window for it (tcp_set_rcvlowat).
-const maxMark = 32 << 10
+// maxMark is the largest SO_RCVLOWAT set. It is above the largest chunk
+// Shoal asks for (ChunkSize: 256 KiB), so the reader of a piece message
+// wakes once for its header and once when the rest of its body is there;
+// the bound only matters for a hostile length, which the engine refuses
+// once decoded. A mark above the receive buffer makes the kernel grow the
+// buffer for it (tcp_set_rcvlowat) and clamp the window at the mark until
+// its autotuning grows both further. Measured (docs/BENCHMARKS.md, N = 20,
+// perf stat over one run each): marks of 32, 128 and 512 KiB gave 472 k,
+// 413 k and 391 k context switches.
+const maxMark = 512 << 10
 
 // minMarkBody is the shortest remaining body worth a mark.
 const minMarkBody = 8 << 10
@@ -91,8 +101,13 @@ func (f *framing) mark() int {
 
 // markedConn is a peer connection whose receive mark follows its framing.
 // The engine reads each connection from one goroutine.
+//
+// Its reads, writes and marks are raw system calls on the non-blocking
+// socket (see rawRead): a socket call that would block returns EAGAIN and
+// the goroutine waits in Go's network poller as before.
 type markedConn struct {
 	*net.TCPConn
+	raw  syscall.RawConn
 	f    framing
 	cur  int // the mark set on the socket
 	fail bool
@@ -104,13 +119,23 @@ func markConn(c net.Conn) net.Conn {
 		// longer see through the wrapper: close with a reset, leaving no
 		// TIME_WAIT behind for each of the many short peer connections.
 		tc.SetLinger(0)
-		return &markedConn{TCPConn: tc, cur: 1}
+		raw, err := tc.SyscallConn()
+		if err != nil {
+			return c
+		}
+		return &markedConn{TCPConn: tc, raw: raw, cur: 1}
 	}
 	return c
 }
 
 func (c *markedConn) Read(b []byte) (int, error) {
-	n, err := c.TCPConn.Read(b)
+	n, err := rawRead(c.raw, b)
+	if n == 0 && err == nil && len(b) > 0 {
+		err = io.EOF
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
 	c.f.feed(b[:n])
 	if want := c.f.mark(); want != c.cur && !c.fail {
 		c.setMark(want)
@@ -118,22 +143,112 @@ func (c *markedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func (c *markedConn) setMark(v int) {
-	rc, err := c.TCPConn.SyscallConn()
-	if err == nil {
-		var serr error
-		err = rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, v)
-		})
-		if err == nil {
-			err = serr
-		}
-	}
+func (c *markedConn) Write(b []byte) (int, error) {
+	n, err := rawWrite(c.raw, b)
 	if err != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, err
+}
+
+func (c *markedConn) setMark(v int) {
+	var serr syscall.Errno
+	err := c.raw.Control(func(fd uintptr) {
+		_, _, serr = syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_RCVLOWAT,
+			uintptr(unsafe.Pointer(&v)), unsafe.Sizeof(int32(0)), 0)
+	})
+	if err != nil || serr != 0 {
 		c.fail = true // reads work as before; only the batching is lost
 		return
 	}
 	c.cur = v
+}
+
+// Raw socket calls.
+//
+// Go enters every system call through the scheduler (entersyscall), and
+// the first one a process makes after all its threads went idle also wakes
+// the runtime's monitor thread (sysmon) out of its deep sleep; sysmon then
+// polls every 20 µs until the process is idle again. An agent receiving a
+// build at its link's pace is idle between arrivals, so every arrival paid
+// for it: under perf over a 20-host deploy, waking and running sysmon
+// (futex, nanosleep and its own loop) was 1.3 CPU-s of 14.7, and 87 % of
+// the wakes came from this connection's reads (docs/BENCHMARKS.md). A read
+// or write on a non-blocking socket never sleeps in the kernel, so it
+// needs none of that: rawRead and rawWrite make the call directly
+// (syscall.RawSyscall, as the runtime's own poller does), hand EAGAIN back
+// to Go's poller to wait for readiness, and keep the socket's deadlines.
+
+// rawRead reads what the socket holds into b, waiting for the poller only
+// while it holds nothing.
+func rawRead(rc syscall.RawConn, b []byte) (n int, err error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var errno syscall.Errno
+	perr := rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			switch e {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			}
+			n, errno = int(r), e
+			if e != 0 {
+				n = 0
+			}
+			return true
+		}
+	})
+	if perr != nil {
+		return 0, unwrapRaw(perr)
+	}
+	if errno != 0 {
+		return 0, os.NewSyscallError("read", errno)
+	}
+	return n, nil
+}
+
+// rawWrite writes all of b, waiting for the poller whenever the socket's
+// send buffer is full.
+func rawWrite(rc syscall.RawConn, b []byte) (n int, err error) {
+	var errno syscall.Errno
+	perr := rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
+			switch e {
+			case 0:
+				n += int(r)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	if perr != nil {
+		return n, unwrapRaw(perr)
+	}
+	if errno != 0 {
+		return n, os.NewSyscallError("write", errno)
+	}
+	return n, nil
+}
+
+// unwrapRaw takes the poller's error (a deadline, a closed connection) out
+// of the "raw-read"/"raw-write" OpError the RawConn wraps it in, so the
+// caller's own OpError says read or write.
+func unwrapRaw(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return oe.Err
+	}
+	return err
 }
 
 // markedDialer dials peers from the bind address (see New) and marks
