@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"hash"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
@@ -97,10 +99,87 @@ type pieceCheck struct {
 	nOK     int
 	senders map[int][]sent // chunks received for each piece not yet checked
 	failed  map[int]*failedPiece
+	running []*runningSum // each piece's sum as written, nil until written
+	// readBack counts the bytes SelfHash read back from storage to hash
+	// (the swarm's piece_bytes_read_back counter once a transfer opens).
+	readBack *atomic.Int64
 }
 
 func newPieceCheck(sums []byte, ban func(piece int, ips []netip.Addr)) *pieceCheck {
-	return &pieceCheck{sums: sums, ban: ban, ok: make([]bool, len(sums)/sha256.Size), senders: map[int][]sent{}, failed: map[int]*failedPiece{}}
+	n := len(sums) / sha256.Size
+	return &pieceCheck{sums: sums, ban: ban, ok: make([]bool, n), senders: map[int][]sent{}, failed: map[int]*failedPiece{}, running: make([]*runningSum, n), readBack: new(atomic.Int64)}
+}
+
+// Hashing a piece as it is written.
+//
+// SelfHash used to read every piece back from the page cache to hash it
+// (0.29 CPU-s of pread in a 20-host deploy, beside 1.5 of SHA-256). Chunks
+// mostly arrive in order, so the storage hashes each chunk as it writes it
+// when it continues the piece's hashed prefix, and SelfHash reads back
+// only what the prefix does not cover. Any write into the prefix (a chunk
+// sent again, by this peer or another) spoils the running sum: it no
+// longer says what the file holds, and SelfHash reads the whole piece. A
+// write past the prefix (a chunk that came early) is simply read back.
+
+// runningSum is the SHA-256 of the first n bytes written to a piece.
+type runningSum struct {
+	mu      sync.Mutex
+	h       hash.Hash
+	n       int64
+	spoiled bool // a write overlapped the prefix, or failed
+}
+
+// wrote notes that b was written at off of piece i (err: how the write
+// ended).
+func (c *pieceCheck) wrote(i int, off int64, b []byte, err error) {
+	if i < 0 || i >= len(c.running) {
+		return
+	}
+	c.mu.Lock()
+	r := c.running[i]
+	if r == nil {
+		r = &runningSum{h: sha256.New()}
+		c.running[i] = r
+	}
+	c.mu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.spoiled:
+	case err != nil || off < r.n:
+		r.spoiled = true
+	case off == r.n:
+		r.h.Write(b)
+		r.n += int64(len(b))
+	}
+}
+
+// takeSum hands over piece i's running sum, if any, and forgets it: the
+// next write starts a new one.
+func (c *pieceCheck) takeSum(i int) *runningSum {
+	if i < 0 || i >= len(c.running) {
+		return nil
+	}
+	c.mu.Lock()
+	r := c.running[i]
+	c.running[i] = nil
+	c.mu.Unlock()
+	return r
+}
+
+// checkSum records piece i as good when sum, its SHA-256 as written, is
+// the listed one and no failed copy waits for blame. decided is false when
+// the caller must check the bytes as stored instead (a failed copy is kept
+// for blame, or the sum did not match, and blame keeps the failing bytes).
+func (c *pieceCheck) checkSum(i int, sum []byte) (decided bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i < 0 || i >= len(c.ok) || c.failed[i] != nil || !bytes.Equal(sum, c.sums[i*sha256.Size:(i+1)*sha256.Size]) {
+		return false
+	}
+	c.setLocked(i, true)
+	delete(c.senders, i)
+	return true
 }
 
 // matches reports whether data is piece i by its SHA-256.
@@ -182,23 +261,58 @@ func (c *pieceCheck) check(i int, data []byte) (good bool, culprits []netip.Addr
 // hashes: it hashes itself.
 type checkedPiece struct{ placedPiece }
 
+func (cp *checkedPiece) WriteAt(b []byte, off int64) (int, error) {
+	n, err := cp.placedPiece.WriteAt(b, off)
+	cp.t.p.check.wrote(cp.p.Index(), off, b[:n], err)
+	return n, err
+}
+
 // SelfHash checks the piece by SHA-256 and returns its SHA-1 from the
 // metainfo when it matched, anything else when not (the engine compares
 // the two). Members whose chunks made an earlier copy fail are banned.
 func (cp *checkedPiece) SelfHash() (metainfo.Hash, error) {
 	want := cp.p.V1Hash().Unwrap()
+	c, i := cp.t.p.check, cp.p.Index()
+	if sum, err := cp.sumAsWritten(c.takeSum(i)); err != nil {
+		return metainfo.Hash{}, err
+	} else if sum != nil && c.checkSum(i, sum) {
+		return want, nil
+	}
 	buf, put := pieceBuf(cp.p.Length())
 	defer put()
 	if _, err := cp.ReadAt(buf, 0); err != nil {
 		return metainfo.Hash{}, err
 	}
-	c := cp.t.p.check
-	good, culprits := c.check(cp.p.Index(), buf)
+	c.readBack.Add(int64(len(buf)))
+	good, culprits := c.check(i, buf)
 	if len(culprits) > 0 && c.ban != nil {
-		c.ban(cp.p.Index(), culprits)
+		c.ban(i, culprits)
 	}
 	if !good {
 		want[0] ^= 0xff
 	}
 	return want, nil
+}
+
+// sumAsWritten completes r, the piece's running sum, by reading back what
+// its prefix does not cover; nil when there is no usable running sum.
+func (cp *checkedPiece) sumAsWritten(r *runningSum) ([]byte, error) {
+	if r == nil {
+		return nil, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.spoiled || r.n == 0 || r.n > cp.p.Length() {
+		return nil, nil
+	}
+	if rest := cp.p.Length() - r.n; rest > 0 {
+		buf, put := pieceBuf(rest)
+		defer put()
+		if _, err := cp.ReadAt(buf, r.n); err != nil {
+			return nil, err
+		}
+		cp.t.p.check.readBack.Add(rest)
+		r.h.Write(buf)
+	}
+	return r.h.Sum(nil), nil
 }

@@ -140,6 +140,69 @@ func TestCheckedUntilWritten(t *testing.T) {
 	}
 }
 
+// A piece is hashed as its chunks are written: in order, nothing is read
+// back; a chunk that came early leaves the rest of the piece to be read
+// back; and a chunk written again over the hashed prefix means the sum no
+// longer says what the file holds, so the whole piece is read back — a
+// good copy hashed first must not vouch for bad bytes written over it.
+func TestPieceHashedAsWritten(t *testing.T) {
+	const chunk, pieceLen = 16 << 10, 64 << 10
+	data := make([]byte, 3*pieceLen)
+	_, _ = rand.Read(data)
+	pieces, _ := openChecked(t, data, pieceLen, sha256s(data, pieceLen))
+	readBack := pieces[0].(*checkedPiece).t.p.check.readBack
+	write := func(i, c int, b []byte) {
+		t.Helper()
+		if _, err := pieces[i].WriteAt(b, int64(c*chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := func(i, c int) []byte { return data[i*pieceLen+c*chunk : i*pieceLen+(c+1)*chunk] }
+	sha1Of := func(i int) []byte { s := sha1.Sum(data[i*pieceLen : (i+1)*pieceLen]); return s[:] }
+
+	for c := range 4 {
+		write(0, c, good(0, c))
+	}
+	if !selfHash(t, pieces[0], sha1Of(0)) {
+		t.Fatal("piece 0, written in order, failed")
+	}
+	if n := readBack.Load(); n != 0 {
+		t.Errorf("piece 0, written in order: %d bytes read back, want 0", n)
+	}
+
+	for _, c := range []int{1, 0, 2, 3} {
+		write(1, c, good(1, c))
+	}
+	if !selfHash(t, pieces[1], sha1Of(1)) {
+		t.Fatal("piece 1, chunk 1 first, failed")
+	}
+	if n := readBack.Load(); n != 3*chunk {
+		t.Errorf("piece 1, chunk 1 first: %d bytes read back, want %d (all after chunk 0)", n, 3*chunk)
+	}
+
+	for c := range 4 {
+		write(2, c, good(2, c))
+	}
+	bad := bytes.Clone(good(2, 0))
+	bad[7] ^= 1
+	write(2, 0, bad)
+	if selfHash(t, pieces[2], sha1Of(2)) {
+		t.Fatal("piece 2 passed with bad bytes written over its good first chunk")
+	}
+	if n := readBack.Load(); n != 3*chunk+pieceLen {
+		t.Errorf("piece 2, rewritten: %d bytes read back in all, want %d (the whole piece)", n, 3*chunk+pieceLen)
+	}
+	for c := range 4 { // the engine fetches it again
+		write(2, c, good(2, c))
+	}
+	if !selfHash(t, pieces[2], sha1Of(2)) {
+		t.Fatal("piece 2, fetched again, failed")
+	}
+	if n := readBack.Load(); n != 3*chunk+pieceLen {
+		t.Errorf("piece 2, fetched again in order: %d bytes read back in all, want %d", n, 3*chunk+pieceLen)
+	}
+}
+
 // The engine cannot smart-ban for pieces it does not hash: when a piece
 // made of two members' chunks fails, and a good copy arrives later, the
 // member whose chunk differs is banned, and only it.
@@ -182,6 +245,14 @@ func TestBlameBansTheSenderOfABadChunk(t *testing.T) {
 func TestBanBlocksAndReports(t *testing.T) {
 	nodes := startSwarms(t, 1, 45, zerolog.Nop(), nil)
 	s := nodes[0]
+	// The refresh loop sets the guard to the membership: let its first
+	// refresh pass, so it does not drop the member added here (it did,
+	// once, under -race).
+	for deadline := time.Now().Add(10 * time.Second); s.count.refreshes.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no peer refresh in 10 s")
+		}
+	}
 	ip := netip.MustParseAddr("127.0.45.9")
 	s.guard.add(ip)
 	if _, blocked := s.guard.Lookup(net.IP(ip.AsSlice())); blocked {

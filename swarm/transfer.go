@@ -501,6 +501,7 @@ func (s *Swarm) placementFor(m *core.Manifest, info *metainfo.Info, ih metainfo.
 	p := &placement{archive: archive}
 	if sums != nil {
 		p.check = newPieceCheck(sums, func(piece int, ips []netip.Addr) { s.ban(ih, piece, ips) })
+		p.check.readBack = &s.count.readBack
 	}
 	if dir, installed := s.treeFor(m, info); dir != "" {
 		p.archive, p.tree = framingPath(archive), dir
