@@ -37,7 +37,7 @@ var (
 	descBanned      = prometheus.NewDesc("shoal_banned_peers", "Peers banned for sending pieces that failed their hash check.", nil, nil)
 	descBadPieces   = prometheus.NewDesc("shoal_peer_bad_pieces_total", "Pieces received that failed their hash check, by sender.", []string{"peer"}, nil)
 	descStalled     = prometheus.NewDesc("shoal_fetch_stalled", "1 while a fetch makes no progress, by cause (no_peers, pieces_nobody_has, origin_gone, peers_silent, write_error).", []string{"service", "build", "cause"}, nil)
-	descEvents      = prometheus.NewDesc("shoal_swarm_events_total", "The swarm's work since start: peer messages received by type, requests sent, connections, peer offers, memory returned to the OS (memory_trims), piece bytes read back from disk to hash (piece_bytes_read_back).", []string{"event"}, nil)
+	descEvents      = prometheus.NewDesc("shoal_swarm_events_total", "The swarm's work since start: peer messages received by type, requests sent, connections, peer offers, memory returned to the OS (memory_trims), piece bytes read back from disk to hash (piece_bytes_read_back), bytes served to peers straight from files (sendfile_bytes).", []string{"event"}, nil)
 	descInsecure    = prometheus.NewDesc("shoal_insecure_dev", "1 if the agent runs in insecure dev mode (unsigned builds, plain gossip).", nil, nil)
 )
 

@@ -17,6 +17,7 @@ type counters struct {
 	refreshes, offered                  atomic.Int64
 	trims                               atomic.Int64 // idle trims, trim.go
 	readBack                            atomic.Int64 // piece bytes read back to hash, pieces.go
+	sendfile                            atomic.Int64 // bytes served to peers by sendfile, sendfile.go
 }
 
 func (s *Swarm) onRead(_ *torrent.PeerConn, m *pp.Message) {
@@ -33,8 +34,8 @@ func (s *Swarm) onConnAdded(*torrent.PeerConn)          { s.count.opened.Add(1) 
 
 // Counters returns the counters by name (recv_have, recv_bitfield,
 // recv_request, recv_piece, …, requests_sent, conns_opened, conns_closed,
-// peer_refreshes, peers_offered, memory_trims, piece_bytes_read_back);
-// zero ones are left out.
+// peer_refreshes, peers_offered, memory_trims, piece_bytes_read_back,
+// sendfile_bytes); zero ones are left out.
 func (s *Swarm) Counters() map[string]int64 {
 	out := map[string]int64{}
 	put := func(k string, v int64) {
@@ -53,5 +54,6 @@ func (s *Swarm) Counters() map[string]int64 {
 	put("peers_offered", s.count.offered.Load())
 	put("memory_trims", s.count.trims.Load())
 	put("piece_bytes_read_back", s.count.readBack.Load())
+	put("sendfile_bytes", s.count.sendfile.Load())
 	return out
 }

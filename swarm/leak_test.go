@@ -87,6 +87,32 @@ func TestServingAllocatesLittlePerByte(t *testing.T) {
 	}
 }
 
+// A host serves its peers' requests from its files with sendfile: the
+// patched engine hands each chunk's range to the storage (SendTo) instead
+// of reading it into memory and copying it into the connection's write
+// buffer. Without the patch the engine never calls SendTo and the counter
+// stays at 0.
+func TestServingSendsFromFiles(t *testing.T) {
+	const size = 8 << 20
+	nodes, m, data := onePeerHasIt(t, size)
+	was := nodes[1].Counters()["sendfile_bytes"]
+	x, err := nodes[2].Add(context.Background(), m) // every byte from nodes[1]
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := x.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := io.ReadAll(x.Archive()); !bytes.Equal(got, data) {
+		t.Fatal("the archive differs")
+	}
+	if sent := nodes[1].Counters()["sendfile_bytes"] - was; sent < size {
+		t.Errorf("the serving host sent %d bytes by sendfile; want all %d it served", sent, size)
+	}
+}
+
 // A connection that has sent what it had holds no write buffer. Each
 // connection's message writer kept its two buffers, grown to hold a piece
 // message or two (256 KiB pieces each), for as long as the connection

@@ -60,10 +60,11 @@ func framingPath(archive string) string { return archive + ".framing" }
 
 // placeStorage is the engine's storage for every build.
 type placeStorage struct {
-	pc  *pieceDB
-	dir string     // the archives directory
-	mu  sync.Mutex // guards at
-	at  map[metainfo.Hash]*placement
+	pc   *pieceDB
+	dir  string        // the archives directory
+	sent *atomic.Int64 // bytes handed to peers' sockets by sendfile (sendfile.go); nil: not counted
+	mu   sync.Mutex    // guards at
+	at   map[metainfo.Hash]*placement
 }
 
 // place registers p for ih, unless a placement is registered already
@@ -102,7 +103,7 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 	if p == nil {
 		p = &placement{archive: filepath.Join(ps.dir, filepath.Base(info.Name))}
 	}
-	t := &placed{pc: ps.pc, ih: ih, p: p, files: map[int]*os.File{}}
+	t := &placed{pc: ps.pc, sent: ps.sent, ih: ih, p: p, files: map[int]*os.File{}}
 	if p.tree == "" {
 		t.segs = []segment{{Off: 0, Len: info.TotalLength()}}
 	} else {
@@ -126,7 +127,8 @@ func (ps *placeStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih m
 			}
 			return &placedPiece{t, mp}
 		},
-		Close: t.close,
+		Close:  t.close,
+		SendTo: t.sendTo,
 	}, nil
 }
 
@@ -194,6 +196,7 @@ func IsLayout(info *metainfo.Info) bool {
 // placed is one build's open storage.
 type placed struct {
 	pc   *pieceDB
+	sent *atomic.Int64 // placeStorage.sent
 	ih   metainfo.Hash
 	p    *placement
 	segs []segment
@@ -224,56 +227,83 @@ func (t *placed) rw(b []byte, off int64, write bool) (int, error) {
 	if write && t.p.sealed.Load() {
 		return 0, fmt.Errorf("swarm: write to %s: %w", t.p.tree, ErrReadOnly)
 	}
-	done := 0
+	n, err := t.spans(off, int64(len(b)), func(i int, rel, at, m int64) (int64, error) {
+		k, err := t.io(i, b[rel:rel+m], at, write)
+		return int64(k), err
+	})
+	return int(n), err
+}
+
+// spans calls fn for each file span of the torrent's bytes [off, off+n):
+// segment i, the span's offset rel in the range and at in its file, and
+// its length m; fn returns how much of it was done. It stops at fn's error
+// and returns io.EOF if the range runs past the torrent.
+func (t *placed) spans(off, n int64, fn func(i int, rel, at, m int64) (int64, error)) (int64, error) {
+	var done int64
 	i := sort.Search(len(t.segs), func(i int) bool { return t.segs[i].Off+t.segs[i].Len > off })
-	for ; done < len(b) && i < len(t.segs); i++ {
+	for ; done < n && i < len(t.segs); i++ {
 		s := t.segs[i]
-		at := off + int64(done)
-		n := int(min(int64(len(b)-done), s.Off+s.Len-at))
+		at := off + done
+		m := min(n-done, s.Off+s.Len-at)
 		fileAt := at
 		if s.Path != "" {
 			fileAt = at - s.Off
 		}
-		m, err := t.io(i, b[done:done+n], fileAt, write)
-		done += m
+		k, err := fn(i, done, fileAt, m)
+		done += k
 		if err != nil {
 			return done, err
 		}
 	}
-	if done < len(b) {
+	if done < n {
 		return done, io.EOF
 	}
 	return done, nil
 }
 
-// io does one read or write on segment i's file.
-func (t *placed) io(i int, b []byte, at int64, write bool) (int, error) {
-	key := i
+// fileKey is segment i's key in files: the archive or framing file (-1)
+// for every framing segment, i for a file of the tree.
+func (t *placed) fileKey(i int) int {
 	if t.segs[i].Path == "" {
-		key = -1 // the archive or framing file: one for all framing segments
+		return -1
 	}
+	return i
+}
+
+// withFile calls fn with segment i's file, opened for reading or writing,
+// under the read lock (so it is not closed meanwhile).
+func (t *placed) withFile(i int, write bool, fn func(f *os.File)) error {
+	key := t.fileKey(i)
 	for {
 		t.mu.RLock()
 		if t.closed {
 			t.mu.RUnlock()
-			return 0, fs.ErrClosed
+			return fs.ErrClosed
 		}
 		if f := t.files[key]; f != nil {
-			var n int
-			var err error
-			if write {
-				n, err = f.WriteAt(b, at)
-			} else {
-				n, err = f.ReadAt(b, at)
-			}
+			fn(f)
 			t.mu.RUnlock()
-			return n, err
+			return nil
 		}
 		t.mu.RUnlock()
 		if err := t.open(key, write); err != nil {
-			return 0, err
+			return err
 		}
 	}
+}
+
+// io does one read or write on segment i's file.
+func (t *placed) io(i int, b []byte, at int64, write bool) (n int, err error) {
+	if oerr := t.withFile(i, write, func(f *os.File) {
+		if write {
+			n, err = f.WriteAt(b, at)
+		} else {
+			n, err = f.ReadAt(b, at)
+		}
+	}); oerr != nil {
+		return 0, oerr
+	}
+	return n, err
 }
 
 // open opens segment key's file (creating it, and its directories, for a

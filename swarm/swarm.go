@@ -124,7 +124,7 @@ func New(cfg Config, log zerolog.Logger) (*Swarm, error) {
 	}
 	s.pc = pc
 	tc := torrent.NewDefaultClientConfig()
-	s.ps = &placeStorage{pc: pc, dir: archives, at: map[metainfo.Hash]*placement{}}
+	s.ps = &placeStorage{pc: pc, dir: archives, sent: &s.count.sendfile, at: map[metainfo.Hash]*placement{}}
 	tc.DefaultStorage = s.ps
 	tc.PublicIp4 = net.ParseIP(cfg.BindAddr).To4()
 	tc.NoDHT, tc.DisableTrackers, tc.DisablePEX, tc.NoDefaultPortForwarding = true, true, true, true

@@ -2,6 +2,7 @@ package torrent
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	stdsync "sync"
 	"time"
@@ -24,9 +25,10 @@ func (pc *PeerConn) initMessageWriter() {
 			}
 			pc.fillWriteBuffer()
 		},
-		closed: &pc.closed,
-		logger: pc.logger,
-		w:      pc.w,
+		closed:     &pc.closed,
+		logger:     pc.logger,
+		w:          pc.w,
+		sendStored: pc.sendStored,
 		keepAlive: func() bool {
 			pc.locker().RLock()
 			defer pc.locker().RUnlock()
@@ -60,6 +62,9 @@ func putWriteBuffer(b *peerConnMsgWriterBuffer) {
 	}
 	b.Reset()
 	b.pieceDataBytes = 0
+	b.stored = b.stored[:0]
+	b.storedBytes = 0
+	b.consumed = 0
 	writeBuffers.Put(b)
 }
 
@@ -80,7 +85,22 @@ type peerConnMsgWriterBuffer struct {
 	// the whole buffer is written, we can count this many bytes.
 	pieceDataBytes int
 	bytes.Buffer
+	// Piece data sent from storage, in order, each once the buffer's bytes
+	// before it are written (Shoal patch: see sendFromStorage).
+	stored      []storedSend
+	storedBytes int
+	consumed    int // buffer bytes written so far
 }
+
+// storedSend is a piece message's data, sent from the torrent's storage
+// after the buffer's first at bytes.
+type storedSend struct {
+	at     int
+	off, n int64
+}
+
+// pending is how many bytes the buffer has to send, its own and storage's.
+func (b *peerConnMsgWriterBuffer) pending() int { return b.Len() + b.storedBytes }
 
 type peerConnMsgWriter struct {
 	// Must not be called with the local mutex held, as it will call back into the write method.
@@ -89,6 +109,8 @@ type peerConnMsgWriter struct {
 	logger          log.Logger
 	w               io.Writer
 	keepAlive       func() bool
+	// sendStored sends n bytes of the torrent at off from storage (Shoal patch).
+	sendStored func(off, n int64) error
 
 	mu        sync.Mutex
 	writeCond chansync.BroadcastCond
@@ -144,17 +166,30 @@ func (cn *peerConnMsgWriter) run(keepAliveTimeout time.Duration) {
 		// Flip the buffers.
 		frontBuf, cn.writeBuffer = cn.writeBuffer, nil
 		cn.mu.Unlock()
-		if frontBuf.Len() == 0 {
+		if frontBuf.pending() == 0 {
 			panic("expected non-empty front buffer")
 		}
 		var err error
 		startedWriting := time.Now()
-		startingBufLen := frontBuf.Len()
-		for frontBuf.Len() != 0 {
+		startingBufLen := frontBuf.pending()
+		for frontBuf.pending() != 0 {
 			next := frontBuf.Bytes()
+			if len(frontBuf.stored) > 0 {
+				next = next[:frontBuf.stored[0].at-frontBuf.consumed]
+			}
+			if len(next) == 0 {
+				s := frontBuf.stored[0]
+				frontBuf.stored = frontBuf.stored[1:]
+				frontBuf.storedBytes -= int(s.n)
+				if err = cn.sendStored(s.off, s.n); err != nil {
+					break
+				}
+				continue
+			}
 			var n int
 			n, err = cn.w.Write(next)
 			frontBuf.Next(n)
+			frontBuf.consumed += n
 			if err == nil && n != len(next) {
 				panic("expected full write")
 			}
@@ -199,6 +234,28 @@ func (cn *peerConnMsgWriter) writeToBuffer(msg pp.Message) (err error) {
 	return
 }
 
+// writePieceFromStorage buffers a piece message for r whose data, the
+// torrent's bytes at off, is sent from storage (Shoal patch).
+func (cn *peerConnMsgWriter) writePieceFromStorage(r Request, off int64) bool {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if cn.writeBuffer == nil {
+		cn.writeBuffer = getWriteBuffer()
+	}
+	b := cn.writeBuffer
+	var hdr [13]byte
+	binary.BigEndian.PutUint32(hdr[0:], uint32(9+r.Length))
+	hdr[4] = byte(pp.Piece)
+	binary.BigEndian.PutUint32(hdr[5:], uint32(r.Index))
+	binary.BigEndian.PutUint32(hdr[9:], uint32(r.Begin))
+	b.Write(hdr[:])
+	b.stored = append(b.stored, storedSend{at: b.consumed + b.Len(), off: off, n: int64(r.Length)})
+	b.storedBytes += int(r.Length)
+	b.pieceDataBytes += int(r.Length)
+	cn.writeCond.Broadcast()
+	return !cn.writeBufferFull()
+}
+
 func (cn *peerConnMsgWriter) write(msg pp.Message) bool {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
@@ -223,5 +280,5 @@ func (cn *peerConnMsgWriter) bufferedLocked() int {
 	if cn.writeBuffer == nil {
 		return 0
 	}
-	return cn.writeBuffer.Len()
+	return cn.writeBuffer.pending()
 }

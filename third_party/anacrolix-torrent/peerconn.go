@@ -15,6 +15,7 @@ import (
 	stdsync "sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 	"weak"
 
 	"github.com/RoaringBitmap/roaring"
@@ -755,7 +756,7 @@ func (me *PeerConn) deleteReadyPeerRequest(r Request) {
 		return
 	}
 	delete(me.readyPeerRequests, r)
-	if len(v) > 0 {
+	if len(v) > 0 || isSendFromStorage(v) { // both count in peerRequestDataBuffered
 		me.peerRequestDataAllocDecreased.Broadcast()
 	}
 }
@@ -773,9 +774,15 @@ func (c *PeerConn) servePeerRequest(r Request) {
 		}
 		return
 	}
-	c.locker().Unlock()
-	b, err := c.readPeerRequestData(r)
-	c.locker().Lock()
+	var b []byte
+	var err error
+	if c.sendsFromStorage() {
+		b = sendFromStorage // the writer sends it from storage (Shoal patch)
+	} else {
+		c.locker().Unlock()
+		b, err = c.readPeerRequestData(r)
+		c.locker().Lock()
+	}
 	if err != nil {
 		c.peerRequestDataReadFailed(err, r)
 		return
@@ -1230,9 +1237,19 @@ func (c *PeerConn) tickleWriter() {
 
 func (c *PeerConn) sendChunk(r Request, msg func(pp.Message) bool) (more bool) {
 	b := MapMustGet(c.readyPeerRequests, r)
-	panicif.NotEq(len(b), r.Length.Int())
 	c.deleteReadyPeerRequest(r)
 	c.lastChunkSent = time.Now()
+	if isSendFromStorage(b) {
+		off := c.t.info.Piece(int(r.Index)).Offset() + int64(r.Begin)
+		more = c.messageWriter.writePieceFromStorage(r, off)
+		c.modifyRelevantConnStats(func(cs *ConnStats) {
+			cs.ChunksWritten.Add(1)
+			cs.BytesWrittenData.Add(int64(r.Length))
+		})
+		c.tickleWriter()
+		return more
+	}
+	panicif.NotEq(len(b), r.Length.Int())
 	more = msg(pp.Message{
 		Type:  pp.Piece,
 		Index: r.Index,
@@ -1242,6 +1259,36 @@ func (c *PeerConn) sendChunk(r Request, msg func(pp.Message) bool) (more bool) {
 	// msg copied the chunk into the write buffer (Shoal patch).
 	putPeerRequestBuf(b)
 	return more
+}
+
+// sendFromStorage stands for a ready request's data when the message
+// writer sends it straight from storage (Shoal patch): the storage's SendTo
+// hands the bytes to the socket (sendfile), so they are neither read into a
+// buffer here nor copied into the write buffer. Only for connections whose
+// bytes go to the socket as written (no stream encryption).
+var sendFromStorage = make([]byte, 0, 1)
+
+func isSendFromStorage(b []byte) bool {
+	return unsafe.SliceData(b) == unsafe.SliceData(sendFromStorage)
+}
+
+func (c *PeerConn) sendsFromStorage() bool {
+	return !c.headerEncrypted && c.t.storage != nil && c.t.storage.SendTo != nil
+}
+
+// sendStored writes n bytes of the torrent at off to the connection from
+// storage, counting them as the connection's written bytes.
+func (c *PeerConn) sendStored(off, n int64) error {
+	st := c.t.storage
+	if st == nil || st.SendTo == nil {
+		return errors.New("torrent storage closed")
+	}
+	m, err := st.SendTo(c.conn, off, n)
+	c.wroteBytes(m)
+	if err == nil && m != n {
+		err = fmt.Errorf("storage sent %d of %d bytes", m, n)
+	}
+	return err
 }
 
 // peerRequestBufs recycles the buffers chunks are read into for peers

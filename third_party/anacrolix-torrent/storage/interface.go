@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"io"
+	"net"
 
 	g "github.com/anacrolix/generics"
 
@@ -39,6 +40,13 @@ type TorrentImpl struct {
 
 	NewReader      func() TorrentReader
 	NewPieceReader func(p Piece) PieceReader
+
+	// SendTo, when set, writes the n bytes of the torrent at off to conn, a peer connection
+	// carrying no stream encryption, and returns how many it wrote (Shoal patch). The engine
+	// then serves peers' requests with it instead of reading each chunk into memory and copying
+	// it into the connection's write buffer: a storage holding the bytes in files can hand them
+	// to the socket with sendfile(2), without copying them through the process.
+	SendTo func(conn net.Conn, off, n int64) (int64, error)
 }
 
 // Interacts with torrent piece data. Optional interfaces to implement include://
