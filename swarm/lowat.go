@@ -100,17 +100,34 @@ func (f *framing) mark() int {
 }
 
 // markedConn is a peer connection whose receive mark follows its framing.
-// The engine reads each connection from one goroutine.
+// The engine reads each connection from one goroutine and writes it from
+// another.
 //
 // Its reads, writes and marks are raw system calls on the non-blocking
-// socket (see rawRead): a socket call that would block returns EAGAIN and
-// the goroutine waits in Go's network poller as before.
+// socket (see Raw socket calls, below): a socket call that would block
+// returns EAGAIN and the goroutine waits in Go's network poller as before.
 type markedConn struct {
 	*net.TCPConn
 	raw  syscall.RawConn
 	f    framing
 	cur  int // the mark set on the socket
 	fail bool
+
+	// The raw calls' callbacks and their arguments, made once: a closure
+	// per call escaped to the heap, three allocations per read.
+	rd, wr rawCall
+	mark   int
+	merr   syscall.Errno
+	markFn func(fd uintptr)
+}
+
+// rawCall is one direction's raw socket call: its buffer, how much of it
+// is done, the error, and the callback the RawConn runs.
+type rawCall struct {
+	b     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
 }
 
 func markConn(c net.Conn) net.Conn {
@@ -123,13 +140,20 @@ func markConn(c net.Conn) net.Conn {
 		if err != nil {
 			return c
 		}
-		return &markedConn{TCPConn: tc, raw: raw, cur: 1}
+		mc := &markedConn{TCPConn: tc, raw: raw, cur: 1}
+		mc.rd.fn = mc.rd.read
+		mc.wr.fn = mc.wr.write
+		mc.markFn = func(fd uintptr) {
+			_, _, mc.merr = syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_RCVLOWAT,
+				uintptr(unsafe.Pointer(&mc.mark)), unsafe.Sizeof(int32(0)), 0)
+		}
+		return mc
 	}
 	return c
 }
 
 func (c *markedConn) Read(b []byte) (int, error) {
-	n, err := rawRead(c.raw, b)
+	n, err := c.rd.do(c.raw, false, b)
 	if n == 0 && err == nil && len(b) > 0 {
 		err = io.EOF
 	}
@@ -144,7 +168,7 @@ func (c *markedConn) Read(b []byte) (int, error) {
 }
 
 func (c *markedConn) Write(b []byte) (int, error) {
-	n, err := rawWrite(c.raw, b)
+	n, err := c.wr.do(c.raw, true, b)
 	if err != nil {
 		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	}
@@ -152,12 +176,8 @@ func (c *markedConn) Write(b []byte) (int, error) {
 }
 
 func (c *markedConn) setMark(v int) {
-	var serr syscall.Errno
-	err := c.raw.Control(func(fd uintptr) {
-		_, _, serr = syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_RCVLOWAT,
-			uintptr(unsafe.Pointer(&v)), unsafe.Sizeof(int32(0)), 0)
-	})
-	if err != nil || serr != 0 {
+	c.mark, c.merr = v, 0
+	if err := c.raw.Control(c.markFn); err != nil || c.merr != 0 {
 		c.fail = true // reads work as before; only the batching is lost
 		return
 	}
@@ -175,69 +195,69 @@ func (c *markedConn) setMark(v int) {
 // (futex, nanosleep and its own loop) was 1.3 CPU-s of 14.7, and 87 % of
 // the wakes came from this connection's reads (docs/BENCHMARKS.md). A read
 // or write on a non-blocking socket never sleeps in the kernel, so it
-// needs none of that: rawRead and rawWrite make the call directly
+// needs none of that: the calls below are made directly
 // (syscall.RawSyscall, as the runtime's own poller does), hand EAGAIN back
 // to Go's poller to wait for readiness, and keep the socket's deadlines.
 
-// rawRead reads what the socket holds into b, waiting for the poller only
-// while it holds nothing.
-func rawRead(rc syscall.RawConn, b []byte) (n int, err error) {
+// do makes the call on b through rc. A read returns what the socket
+// holds, waiting only while it holds nothing; a write writes all of b,
+// waiting whenever the send buffer is full.
+func (r *rawCall) do(rc syscall.RawConn, write bool, b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var errno syscall.Errno
-	perr := rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			n, errno = int(r), e
-			if e != 0 {
-				n = 0
-			}
-			return true
-		}
-	})
-	if perr != nil {
-		return 0, unwrapRaw(perr)
+	r.b, r.n, r.errno = b, 0, 0
+	var perr error
+	op := "read"
+	if write {
+		op = "write"
+		perr = rc.Write(r.fn)
+	} else {
+		perr = rc.Read(r.fn)
 	}
-	if errno != 0 {
-		return 0, os.NewSyscallError("read", errno)
+	n := r.n
+	r.b = nil
+	if perr != nil {
+		return n, unwrapRaw(perr)
+	}
+	if r.errno != 0 {
+		return n, os.NewSyscallError(op, r.errno)
 	}
 	return n, nil
 }
 
-// rawWrite writes all of b, waiting for the poller whenever the socket's
-// send buffer is full.
-func rawWrite(rc syscall.RawConn, b []byte) (n int, err error) {
-	var errno syscall.Errno
-	perr := rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+func (r *rawCall) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.b[0])), uintptr(len(r.b)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		case 0:
+			r.n = int(n)
+		default:
+			r.errno = e
 		}
 		return true
-	})
-	if perr != nil {
-		return n, unwrapRaw(perr)
 	}
-	if errno != 0 {
-		return n, os.NewSyscallError("write", errno)
+}
+
+func (r *rawCall) write(fd uintptr) bool {
+	for r.n < len(r.b) {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.b[r.n])), uintptr(len(r.b)-r.n))
+		switch e {
+		case 0:
+			r.n += int(n)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.errno = e
+			return true
+		}
 	}
-	return n, nil
+	return true
 }
 
 // unwrapRaw takes the poller's error (a deadline, a closed connection) out
