@@ -64,15 +64,7 @@ func TestServingAllocatesLittlePerByte(t *testing.T) {
 	nodes, m, data := onePeerHasIt(t, size)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	x, err := nodes[2].Add(context.Background(), m) // every byte from nodes[1]
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := x.Wait(wctx); err != nil {
-		t.Fatal(err)
-	}
+	x := addAndWait(t, nodes[2], m) // every byte from nodes[1]
 	runtime.ReadMemStats(&after) // before reading the archive back: that allocates its size
 	if got, _ := io.ReadAll(x.Archive()); !bytes.Equal(got, data) {
 		t.Fatal("the archive differs")
@@ -96,15 +88,7 @@ func TestServingSendsFromFiles(t *testing.T) {
 	const size = 8 << 20
 	nodes, m, data := onePeerHasIt(t, size)
 	was := nodes[1].Counters()["sendfile_bytes"]
-	x, err := nodes[2].Add(context.Background(), m) // every byte from nodes[1]
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := x.Wait(wctx); err != nil {
-		t.Fatal(err)
-	}
+	x := addAndWait(t, nodes[2], m) // every byte from nodes[1]
 	if got, _ := io.ReadAll(x.Archive()); !bytes.Equal(got, data) {
 		t.Fatal("the archive differs")
 	}
@@ -166,6 +150,21 @@ func onePeerHasIt(t *testing.T, size int) ([]*Swarm, *core.Manifest, []byte) {
 		t.Fatal(err)
 	}
 	return nodes, m, data
+}
+
+// addAndWait adds m on node and waits (a minute at most) for all of it.
+func addAndWait(t *testing.T, node *Swarm, m *core.Manifest) *Transfer {
+	t.Helper()
+	x, err := node.Add(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := x.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	return x
 }
 
 // liveHeap is the heap in use once garbage is collected.
