@@ -65,7 +65,7 @@ func TestServingAllocatesLittlePerByte(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	x := addAndWait(t, nodes[2], m) // every byte from nodes[1]
-	runtime.ReadMemStats(&after) // before reading the archive back: that allocates its size
+	runtime.ReadMemStats(&after)    // before reading the archive back: that allocates its size
 	if got, _ := io.ReadAll(x.Archive()); !bytes.Equal(got, data) {
 		t.Fatal("the archive differs")
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -122,8 +123,11 @@ type markedConn struct {
 }
 
 // rawCall is one direction's raw socket call: its buffer, how much of it
-// is done, the error, and the callback the RawConn runs.
+// is done, the error, and the callback the RawConn runs. mu makes calls in
+// one direction take turns (net.Conn allows concurrent calls; the engine
+// makes none).
 type rawCall struct {
+	mu    sync.Mutex
 	b     []byte
 	n     int
 	errno syscall.Errno
@@ -153,6 +157,8 @@ func markConn(c net.Conn) net.Conn {
 }
 
 func (c *markedConn) Read(b []byte) (int, error) {
+	c.rd.mu.Lock() // also guards the framing and the mark
+	defer c.rd.mu.Unlock()
 	n, err := c.rd.do(c.raw, false, b)
 	if n == 0 && err == nil && len(b) > 0 {
 		err = io.EOF
@@ -168,6 +174,8 @@ func (c *markedConn) Read(b []byte) (int, error) {
 }
 
 func (c *markedConn) Write(b []byte) (int, error) {
+	c.wr.mu.Lock()
+	defer c.wr.mu.Unlock()
 	n, err := c.wr.do(c.raw, true, b)
 	if err != nil {
 		err = &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}

@@ -63,6 +63,7 @@ func putWriteBuffer(b *peerConnMsgWriterBuffer) {
 	b.Reset()
 	b.pieceDataBytes = 0
 	b.stored = b.stored[:0]
+	b.storedNext = 0
 	b.storedBytes = 0
 	b.consumed = 0
 	writeBuffers.Put(b)
@@ -88,6 +89,7 @@ type peerConnMsgWriterBuffer struct {
 	// Piece data sent from storage, in order, each once the buffer's bytes
 	// before it are written (Shoal patch: see sendFromStorage).
 	stored      []storedSend
+	storedNext  int // stored[storedNext:] are still to send
 	storedBytes int
 	consumed    int // buffer bytes written so far
 }
@@ -174,12 +176,12 @@ func (cn *peerConnMsgWriter) run(keepAliveTimeout time.Duration) {
 		startingBufLen := frontBuf.pending()
 		for frontBuf.pending() != 0 {
 			next := frontBuf.Bytes()
-			if len(frontBuf.stored) > 0 {
-				next = next[:frontBuf.stored[0].at-frontBuf.consumed]
+			if frontBuf.storedNext < len(frontBuf.stored) {
+				next = next[:frontBuf.stored[frontBuf.storedNext].at-frontBuf.consumed]
 			}
 			if len(next) == 0 {
-				s := frontBuf.stored[0]
-				frontBuf.stored = frontBuf.stored[1:]
+				s := frontBuf.stored[frontBuf.storedNext]
+				frontBuf.storedNext++
 				frontBuf.storedBytes -= int(s.n)
 				if err = cn.sendStored(s.off, s.n); err != nil {
 					break
