@@ -174,7 +174,7 @@ func (c *pieceCheck) takeSum(i int) *runningSum {
 func (c *pieceCheck) checkSum(i int, sum []byte) (decided bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if i < 0 || i >= len(c.ok) || c.failed[i] != nil || !bytes.Equal(sum, c.sums[i*sha256.Size:(i+1)*sha256.Size]) {
+	if c.failed[i] != nil || !c.listed(i, sum) {
 		return false
 	}
 	c.setLocked(i, true)
@@ -185,7 +185,12 @@ func (c *pieceCheck) checkSum(i int, sum []byte) (decided bool) {
 // matches reports whether data is piece i by its SHA-256.
 func (c *pieceCheck) matches(i int, data []byte) bool {
 	sum := sha256.Sum256(data)
-	return i >= 0 && i < len(c.ok) && bytes.Equal(sum[:], c.sums[i*sha256.Size:(i+1)*sha256.Size])
+	return c.listed(i, sum[:])
+}
+
+// listed reports whether sum is piece i's SHA-256 in the list.
+func (c *pieceCheck) listed(i int, sum []byte) bool {
+	return i >= 0 && i < len(c.ok) && bytes.Equal(sum, c.sums[i*sha256.Size:(i+1)*sha256.Size])
 }
 
 // noteSent records that ip sent n bytes at off of piece i (before they are

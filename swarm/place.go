@@ -222,6 +222,9 @@ func (t *placed) close() error {
 	return err
 }
 
+// ReadAt reads the torrent's bytes at off, across files.
+func (t *placed) ReadAt(b []byte, off int64) (int, error) { return t.rw(b, off, false) }
+
 // rw reads or writes b at the torrent offset off, across files.
 func (t *placed) rw(b []byte, off int64, write bool) (int, error) {
 	if write && t.p.sealed.Load() {
@@ -438,7 +441,7 @@ func (r archiveReader) ReadAt(b []byte, off int64) (int, error) {
 	if p == nil || p.open.Load() == nil {
 		return 0, fmt.Errorf("swarm: read archive: %w", fs.ErrClosed)
 	}
-	return p.open.Load().rw(b, off, false)
+	return p.open.Load().ReadAt(b, off)
 }
 
 // where is where this build's bytes are: the archive, or the tree (the

@@ -54,17 +54,10 @@ func (t *placed) sendFile(rc syscall.RawConn, i int, at, m int64) (int64, error)
 			var k int
 			var serr error
 			if err = t.withFile(i, false, func(f *os.File) {
-				fc, cerr := f.SyscallConn()
-				if cerr != nil {
-					serr = cerr
-					return
-				}
-				if cerr = fc.Control(func(ffd uintptr) {
-					o := at + sent
-					k, serr = syscall.Sendfile(int(sfd), int(ffd), &o, int(min(m-sent, 1<<30)))
-				}); cerr != nil {
-					serr = cerr
-				}
+				// Fd stays valid: withFile holds the lock that closing the
+				// file takes, and a regular file is in blocking mode already.
+				o := at + sent
+				k, serr = syscall.Sendfile(int(sfd), int(f.Fd()), &o, int(min(m-sent, 1<<30)))
 			}); err != nil {
 				return true
 			}
@@ -97,22 +90,14 @@ func (t *placed) sendFile(rc syscall.RawConn, i int, at, m int64) (int64, error)
 	return sent, nil
 }
 
-// copyTo writes the n bytes at off to w through a buffer.
+// copyTo writes the n bytes at off to w through a buffer; io.EOF if the
+// torrent ends first.
 func (t *placed) copyTo(w io.Writer, off, n int64) (int64, error) {
 	buf, put := pieceBuf(min(n, 1<<20))
 	defer put()
-	var done int64
-	for done < n {
-		b := buf[:min(n-done, int64(len(buf)))]
-		k, err := t.rw(b, off+done, false)
-		if err != nil && k < len(b) {
-			return done, err
-		}
-		k, err = w.Write(b)
-		done += int64(k)
-		if err != nil {
-			return done, err
-		}
+	m, err := io.CopyBuffer(w, struct{ io.Reader }{io.NewSectionReader(t, off, n)}, buf)
+	if err == nil && m < n {
+		err = io.EOF
 	}
-	return done, nil
+	return m, err
 }

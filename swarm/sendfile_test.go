@@ -5,11 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/anacrolix/torrent/metainfo"
 )
@@ -28,22 +29,8 @@ func TestSendToSendsTheTorrentsBytes(t *testing.T) {
 	}
 	pl := pieces[0].(*checkedPiece).t
 	a, b := markedPair(t)
-	for _, r := range []struct{ off, n int64 }{{0, 16 << 10}, {60 << 10, 200 << 10}, {int64(len(data)) - 1000, 1000}} {
-		start := time.Now()
-		got := make([]byte, r.n)
-		done := make(chan error, 1)
-		go func() { _, err := io.ReadFull(b, got); done <- err }()
-		n, err := pl.sendTo(a, r.off, r.n)
-		if err != nil || n != r.n {
-			t.Fatalf("sendTo(%d, %d): %d, %v", r.off, r.n, n, err)
-		}
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, data[r.off:r.off+r.n]) {
-			t.Fatalf("sendTo(%d, %d): the bytes differ", r.off, r.n)
-		}
-		t.Logf("sendTo(%d, %d) %v", r.off, r.n, time.Since(start))
+	for _, r := range [][2]int64{{0, 16 << 10}, {60 << 10, 200 << 10}, {int64(len(data)) - 1000, 1000}} {
+		sendAndCompare(t, pl, a, b, data, r[0], r[1])
 	}
 	// Past the end: what there is, then io.EOF.
 	if n, err := pl.sendTo(a, int64(len(data))-10, 20); n != 10 || err != io.EOF {
@@ -85,18 +72,53 @@ func TestSendToAcrossTreeFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := markedPair(t)
-	for _, r := range []struct{ off, n int64 }{{0, int64(len(data))}, {500, 30}, {1000, 3000}} {
-		got := make([]byte, r.n)
-		done := make(chan error, 1)
-		go func() { _, err := io.ReadFull(b, got); done <- err }()
-		if n, err := pl.sendTo(a, r.off, r.n); err != nil || n != r.n {
-			t.Fatalf("sendTo(%d, %d): %d, %v", r.off, r.n, n, err)
-		}
-		if err := <-done; err != nil {
+	for _, r := range [][2]int64{{0, int64(len(data))}, {500, 30}, {1000, 3000}} {
+		sendAndCompare(t, pl, a, b, data, r[0], r[1])
+	}
+}
+
+// sendAndCompare sends n bytes at off of pl over a and checks that b
+// receives data[off:off+n].
+func sendAndCompare(t *testing.T, pl *placed, a, b net.Conn, data []byte, off, n int64) {
+	t.Helper()
+	got := make([]byte, n)
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(b, got); done <- err }()
+	if m, err := pl.sendTo(a, off, n); err != nil || m != n {
+		t.Fatalf("sendTo(%d, %d): %d, %v", off, n, m, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data[off:off+n]) {
+		t.Fatalf("sendTo(%d, %d): the bytes differ", off, n)
+	}
+}
+
+// A file cut short on disk (a crash, a full disk, a hand edit) ends a send
+// with an error: no hang, no bytes that are not the file's.
+func TestSendToFileCutShort(t *testing.T) {
+	data := make([]byte, 4*64<<10)
+	_, _ = rand.Read(data)
+	pieces, _ := openChecked(t, data, 64<<10, sha256s(data, 64<<10))
+	for i, p := range pieces {
+		if _, err := p.WriteAt(data[i*64<<10:(i+1)*64<<10], 0); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got, data[r.off:r.off+r.n]) {
-			t.Fatalf("sendTo(%d, %d): the bytes differ", r.off, r.n)
-		}
+	}
+	pl := pieces[0].(*checkedPiece).t
+	if err := os.Truncate(pl.p.archive, 100<<10); err != nil {
+		t.Fatal(err)
+	}
+	a, b := markedPair(t)
+	got := make(chan []byte, 1)
+	go func() { bs, _ := io.ReadAll(b); got <- bs }()
+	n, err := pl.sendTo(a, 0, int64(len(data)))
+	a.CloseWrite()
+	if !errors.Is(err, errShortFile) || n != 100<<10 {
+		t.Fatalf("sendTo over a file cut to 100 KiB: %d, %v; want 102400, errShortFile", n, err)
+	}
+	if bs := <-got; !bytes.Equal(bs, data[:100<<10]) {
+		t.Fatalf("the peer got %d bytes, not the file's first 100 KiB", len(bs))
 	}
 }

@@ -184,7 +184,7 @@ func testOriginSlices(t *testing.T, streams int) {
 	// Each slice piece took streams range requests (the last, short piece
 	// one); none was retried.
 	if want := int64(streams*(sliced-1) + 1); gets.Load() != want {
-		t.Errorf("%d range requests for %d slice pieces with %d streams, want about %d", gets.Load(), sliced, streams, want)
+		t.Errorf("%d range requests for %d slice pieces with %d streams, want %d", gets.Load(), sliced, streams, want)
 	}
 	up := nodes[0].Seeds()[0].Uploaded
 	t.Logf("origin: %d bytes over HTTP in %d requests, %d over the torrent, size %d", served.Load(), gets.Load(), up, m.Size)

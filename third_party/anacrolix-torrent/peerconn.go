@@ -1246,8 +1246,7 @@ func (c *PeerConn) sendChunk(r Request, msg func(pp.Message) bool) (more bool) {
 			cs.ChunksWritten.Add(1)
 			cs.BytesWrittenData.Add(int64(r.Length))
 		})
-		c.tickleWriter()
-		return more
+		return more // writePieceFromStorage woke the writer
 	}
 	panicif.NotEq(len(b), r.Length.Int())
 	more = msg(pp.Message{
