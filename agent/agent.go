@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -208,7 +209,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.RUnlock()
 	a.log.Info().Str("node", a.cfg.Swarm.Node).Str("api", a.cfg.API).Str("peer_api", a.cfg.PeerAPI).Str("gossip", a.swarm.GossipAddr()).
 		Str("torrent", a.swarm.TorrentAddr()).Str("consul", a.sig.Address()).Str("version", Version).
-		Strs("trusted_keys", a.keys.IDs()).Bool("gossip_encrypted", len(a.cfg.Swarm.SecretKeys) > 0).Msg("agent running")
+		Int("procs", runtime.GOMAXPROCS(0)).Strs("trusted_keys", a.keys.IDs()).Bool("gossip_encrypted", len(a.cfg.Swarm.SecretKeys) > 0).Msg("agent running")
 	if a.cfg.InsecureDev {
 		a.log.Warn().Msg(insecureWarning)
 	}

@@ -81,6 +81,13 @@ type Config struct {
 	FetchInto string `json:"fetch_into,omitempty"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the API address.
 	Pprof bool `json:"pprof,omitempty"`
+	// MaxProcs is how many cores the agent's Go code runs on at once
+	// (Go's GOMAXPROCS): 0 is the Go runtime's default (every core the
+	// process may use). Unset, it is $GOMAXPROCS if that is set, else 1:
+	// the agent works in the background of a host that runs a service,
+	// and on the bench one P cut a 20-host deploy's machine CPU by a
+	// quarter at the same speed (docs/BENCHMARKS.md, "One P per agent").
+	MaxProcs *int `json:"max_procs,omitempty"`
 	// FetchStall is how long a fetch may make no progress before the
 	// service reports it as an error (the fetch keeps going). Default 60s.
 	FetchStall core.Duration `json:"fetch_stall,omitempty"`
@@ -156,12 +163,31 @@ func (c *Config) applyDefaults() {
 	if c.BuildGrace == 0 {
 		c.BuildGrace = core.Duration(time.Hour)
 	}
+	if c.MaxProcs == nil {
+		n := DefaultMaxProcs
+		if os.Getenv("GOMAXPROCS") != "" {
+			n = 0 // the runtime has applied it
+		}
+		c.MaxProcs = &n
+	}
 	for name, s := range c.Services {
 		if s.KeepReleases == 0 {
 			s.KeepReleases = 3
 		}
 		c.Services[name] = s
 	}
+}
+
+// DefaultMaxProcs is the agent's GOMAXPROCS unless configured (MaxProcs).
+const DefaultMaxProcs = 1
+
+// Procs is the GOMAXPROCS the agent's process should run with once
+// Finish has applied defaults; 0 leaves the Go runtime's default.
+func (c Config) Procs() int {
+	if c.MaxProcs == nil {
+		return DefaultMaxProcs
+	}
+	return *c.MaxProcs
 }
 
 // Validate reports every problem at once.
@@ -208,6 +234,9 @@ func (c Config) Validate() error {
 	}
 	if c.FetchInto != FetchIntoArchive && c.FetchInto != FetchIntoRelease {
 		errs = append(errs, fmt.Errorf("agent: fetch_into %q: use archive or release", c.FetchInto))
+	}
+	if c.MaxProcs != nil && *c.MaxProcs < 0 {
+		errs = append(errs, fmt.Errorf("agent: max_procs (--max-procs) is %d: use a number of cores, or 0 for every core", *c.MaxProcs))
 	}
 	for name, s := range c.Services {
 		if err := core.ValidName("service", name); err != nil {

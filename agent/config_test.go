@@ -92,3 +92,40 @@ func TestConfigSecurityRequirements(t *testing.T) {
 		t.Errorf("control api off loopback with a token rejected: %v", err)
 	}
 }
+
+// The agent runs on one core unless told otherwise: $GOMAXPROCS, then
+// max_procs (0 = every core); a negative count is refused by name.
+func TestConfigMaxProcs(t *testing.T) {
+	base := func(extra string) Config {
+		p := filepath.Join(t.TempDir(), "c.json")
+		os.WriteFile(p, []byte(`{"data_dir":"/srv/shoal","swarm":{"node":"a","bind":"127.0.0.2"},"insecure_dev":true`+extra+`}`), 0o644)
+		c, err := LoadConfig(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	t.Setenv("GOMAXPROCS", "")
+	for _, tc := range []struct {
+		extra, env string
+		want       int
+	}{
+		{"", "", 1},
+		{"", "3", 0}, // the runtime has applied $GOMAXPROCS
+		{`,"max_procs":0`, "", 0},
+		{`,"max_procs":4`, "3", 4},
+	} {
+		t.Setenv("GOMAXPROCS", tc.env)
+		c := base(tc.extra)
+		if err := c.Finish(); err != nil {
+			t.Fatalf("%q: %v", tc.extra, err)
+		}
+		if got := c.Procs(); got != tc.want {
+			t.Errorf("config %q, $GOMAXPROCS %q: Procs() = %d, want %d", tc.extra, tc.env, got, tc.want)
+		}
+	}
+	c := base(`,"max_procs":-1`)
+	if err := c.Finish(); err == nil || !strings.Contains(err.Error(), "max_procs (--max-procs) is -1") {
+		t.Errorf("max_procs -1: Finish() = %v, want an error naming it", err)
+	}
+}

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/shoal-deploy/shoal/agent"
@@ -16,11 +18,12 @@ type agentFlags struct {
 	logFormat, logLevel, fetch, fetchInto, handout                  string
 	apiToken, peerAPI, gossipKey                                    string
 	gossipPort, torrentPort, healthRetries, keep, maxPeers, peerSet int
+	maxProcs                                                        int
 	join, services, trustedKeys, publishRoots, tags                 listFlag
 	drain, activate, healthCmd, healthURL                           string
 	hookTimeout, healthInterval, peerRefresh                        time.Duration
 	up, down                                                        sizeFlag
-	pprof, insecureDev, allowSetuid                                 bool
+	pprof, insecureDev, allowSetuid, maxProcsSet                    bool
 }
 
 func runAgent(ctx context.Context, env Env, args []string) error {
@@ -65,6 +68,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.handout, "handout", "", "on (default): the origin hands each piece to one host over HTTP; off: the origin is a plain torrent seed (for measurement)")
 	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")
 	fs.StringVar(&f.fetchInto, "fetch-into", "", "where fetched bytes go: release (default: each file straight into the cold release, written once) or archive (an archive unpacked at install: each byte written twice)")
+	fs.IntVar(&f.maxProcs, "max-procs", 0, "cores the agent's Go code may use at once (GOMAXPROCS); 0 = every core (default $GOMAXPROCS if set, else 1: a deploy stays in the background)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on the API address")
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console (default: console on a terminal, else json)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -74,6 +78,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q; see `shoal agent --help`", fs.Arg(0))
 	}
+	fs.Visit(func(fl *flag.Flag) { f.maxProcsSet = f.maxProcsSet || fl.Name == "max-procs" })
 	cfg, err := f.build()
 	if err != nil {
 		return err
@@ -81,6 +86,9 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	log, err := NewLogger(env.Stderr, f.logFormat, f.logLevel)
 	if err != nil {
 		return err
+	}
+	if n := cfg.Procs(); n > 0 {
+		runtime.GOMAXPROCS(n)
 	}
 	a, err := agent.New(cfg, log.With().Str("node", cfg.Swarm.Node).Logger())
 	if err != nil {
@@ -119,6 +127,9 @@ func (f *agentFlags) build() (agent.Config, error) {
 	cfg.Tags = append(cfg.Tags, f.tags...)
 	cfg.InsecureDev = cfg.InsecureDev || f.insecureDev
 	cfg.Pprof = cfg.Pprof || f.pprof
+	if f.maxProcsSet {
+		cfg.MaxProcs = &f.maxProcs
+	}
 	if len(f.join) > 0 {
 		cfg.Swarm.Join = f.join
 	}

@@ -85,6 +85,9 @@ func TestCommandsHaveHelpAndFailClearly(t *testing.T) {
 	if code, _, errs := run("agent", "--node", "a"); code != 1 || !strings.Contains(errs, "data dir is required") {
 		t.Errorf("agent without data dir: exit %d, stderr %q", code, errs)
 	}
+	if code, _, errs := run("agent", "--node", "a", "--data-dir", "/srv/shoal", "--bind", "127.0.0.2", "--insecure-dev", "--max-procs", "-1"); code != 1 || !strings.Contains(errs, "max_procs (--max-procs) is -1") {
+		t.Errorf("agent --max-procs -1: exit %d, stderr %q", code, errs)
+	}
 }
 
 // keygen writes a key pair that parses, never overwrites, and keeps the

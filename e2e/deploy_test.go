@@ -23,7 +23,13 @@ func hookArgs(extra ...string) []string {
 // build, a rollback that moves no bytes, and hook order on every host.
 func TestDeployRollback(t *testing.T) {
 	const n = 5
-	f := startFleet(t, n, 31, func(int) []string { return hookArgs() })
+	// The last host runs on two cores; the others keep the default, one.
+	f := startFleet(t, n, 31, func(i int) []string {
+		if i == n-1 {
+			return hookArgs("--max-procs", "2")
+		}
+		return hookArgs()
+	})
 	src1, src2 := filepath.Join(t.TempDir(), "v1"), filepath.Join(t.TempDir(), "v2")
 	makeTree(t, src1, 64<<20, "v1")
 	makeTree(t, src2, 8<<20, "v2")
@@ -68,6 +74,15 @@ func TestDeployRollback(t *testing.T) {
 		}
 		if s.Fetch.FromPeers > 0 {
 			fromPeers++
+		}
+	}
+	for i, a := range f.Agents {
+		want := "1"
+		if i == n-1 {
+			want = "2"
+		}
+		if got := field(apiGet(t, f, a, "/metrics"), "go_sched_gomaxprocs_threads "); got != want {
+			t.Errorf("%s: go_sched_gomaxprocs_threads %q, want %s", a.Spec.Node, got, want)
 		}
 	}
 	if fromPeers < 3 {

@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -71,6 +72,17 @@ func startFleet(t *testing.T, n, netOctet int, args func(i int) []string) *fleet
 	})
 	waitMembers(t, f, n)
 	return f
+}
+
+// apiGet returns the body of a GET of path on a's control API.
+func apiGet(t *testing.T, f *fleet.Fleet, a *fleet.Agent, path string) string {
+	t.Helper()
+	var b bytes.Buffer
+	c := agent.NewClient(a.API, 30*time.Second).WithToken(f.Secrets.Token())
+	if err := c.Download(context.Background(), path, &b); err != nil {
+		t.Fatalf("%s: GET %s: %v", a.Spec.Node, path, err)
+	}
+	return b.String()
 }
 
 func tailLines(s string, n int) string {

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-deploy/shoal/agent"
 	"github.com/shoal-deploy/shoal/fleet"
 )
 
@@ -32,14 +29,7 @@ func measure(t *testing.T, f *fleet.Fleet, a *fleet.Agent) usage {
 	u.rssAnonKiB, _ = strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(field(string(b), "RssAnon:"), "kB")))
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", a.Pid()))
 	u.fds = len(ents)
-	c := agent.NewClient(a.API, 30*time.Second).WithToken(f.Secrets.Token())
-	get := func(path string) string {
-		var b bytes.Buffer
-		if err := c.Download(context.Background(), path, &b); err != nil {
-			t.Fatalf("%s: GET %s: %v", a.Spec.Node, path, err)
-		}
-		return b.String()
-	}
+	get := func(path string) string { return apiGet(t, f, a, path) }
 	u.goroutines, _ = strconv.Atoi(field(get("/metrics"), "go_goroutines "))
 	// The heap profile with gc=1 collects first; its text form ends with
 	// runtime.MemStats, whose HeapAlloc is then the live heap. Asked twice:
