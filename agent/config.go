@@ -85,8 +85,9 @@ type Config struct {
 	// (Go's GOMAXPROCS): 0 is the Go runtime's default (every core the
 	// process may use). Unset, it is $GOMAXPROCS if that is set, else 1:
 	// the agent works in the background of a host that runs a service,
-	// and on the bench one P cut a 20-host deploy's machine CPU by a
-	// quarter at the same speed (docs/BENCHMARKS.md, "One P per agent").
+	// and one P cost less CPU per byte at the same speed, alone on a host
+	// with an idle core and 20 to a two-core bench machine alike
+	// (docs/BENCHMARKS.md, "One core per agent by default").
 	MaxProcs *int `json:"max_procs,omitempty"`
 	// FetchStall is how long a fetch may make no progress before the
 	// service reports it as an error (the fetch keeps going). Default 60s.
