@@ -164,13 +164,6 @@ func (c *Config) applyDefaults() {
 	if c.BuildGrace == 0 {
 		c.BuildGrace = core.Duration(time.Hour)
 	}
-	if c.MaxProcs == nil {
-		n := DefaultMaxProcs
-		if os.Getenv("GOMAXPROCS") != "" {
-			n = 0 // the runtime has applied it
-		}
-		c.MaxProcs = &n
-	}
 	for name, s := range c.Services {
 		if s.KeepReleases == 0 {
 			s.KeepReleases = 3
@@ -182,13 +175,17 @@ func (c *Config) applyDefaults() {
 // DefaultMaxProcs is the agent's GOMAXPROCS unless configured (MaxProcs).
 const DefaultMaxProcs = 1
 
-// Procs is the GOMAXPROCS the agent's process should run with once
-// Finish has applied defaults; 0 leaves the Go runtime's default.
+// Procs is the GOMAXPROCS the agent's process should run with: MaxProcs
+// if set, else 0 when $GOMAXPROCS is set (the runtime has applied it),
+// else DefaultMaxProcs. 0 leaves the Go runtime's default.
 func (c Config) Procs() int {
-	if c.MaxProcs == nil {
-		return DefaultMaxProcs
+	switch {
+	case c.MaxProcs != nil:
+		return *c.MaxProcs
+	case os.Getenv("GOMAXPROCS") != "":
+		return 0
 	}
-	return *c.MaxProcs
+	return DefaultMaxProcs
 }
 
 // Validate reports every problem at once.

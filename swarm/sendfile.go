@@ -95,7 +95,7 @@ func (t *placed) sendFile(rc syscall.RawConn, i int, at, m int64) (int64, error)
 func (t *placed) copyTo(w io.Writer, off, n int64) (int64, error) {
 	buf, put := pieceBuf(min(n, 1<<20))
 	defer put()
-	m, err := io.CopyBuffer(w, struct{ io.Reader }{io.NewSectionReader(t, off, n)}, buf)
+	m, err := io.CopyBuffer(w, io.NewSectionReader(t, off, n), buf)
 	if err == nil && m < n {
 		err = io.EOF
 	}
