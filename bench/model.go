@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"text/tabwriter"
 
 	"github.com/shoal-deploy/shoal/swarm"
@@ -43,7 +44,7 @@ type ModelConfig struct {
 	Hosts   []int   // fleet sizes
 	Size    int64   // build bytes
 	Up      float64 // per-host cap, bytes/s (up = down)
-	PeerSet int     // members each host dials
+	PeerSet int     // members each host dials; 0 follows the fleet as the agent's default does (swarm.PeerSetFor)
 	Seed    uint64
 	// HostCPUPerGB is the measured host CPU-s per GB received (from the
 	// bench), to turn counts into CPU; 0 leaves it out.
@@ -53,6 +54,7 @@ type ModelConfig struct {
 // ModelResult is one fleet size.
 type ModelResult struct {
 	N           int
+	PeerSet     int // members each host dials
 	Pieces      int
 	PieceLength int64
 	Bound       float64 // fluid bound S/u, seconds
@@ -84,7 +86,11 @@ func modelOne(cfg ModelConfig, n int) ModelResult {
 	tau := float64(pl) / cfg.Up
 	r := ModelResult{N: n, Pieces: p, PieceLength: pl, Bound: float64(cfg.Size) / cfg.Up}
 	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(n)))
-	sw := newSwarmSim(n, p, cfg.PeerSet, rng)
+	r.PeerSet = cfg.PeerSet
+	if r.PeerSet == 0 {
+		r.PeerSet = swarm.PeerSetFor(n)
+	}
+	sw := newSwarmSim(n, p, r.PeerSet, rng)
 	rounds, originSent := sw.run()
 	done := make([]float64, n) // × the bound
 	for i, d := range rounds {
@@ -306,17 +312,21 @@ func pushPullInterval(n int) float64 {
 
 // WriteModel prints the model's table.
 func WriteModel(w io.Writer, cfg ModelConfig, rs []ModelResult) error {
-	fmt.Fprintf(w, "model: %s build, %.0f MB/s up and down per host, peer set %d, seed %d\n",
-		fmtBytes(cfg.Size), cfg.Up/1e6, cfg.PeerSet, cfg.Seed)
+	set := "following the fleet (the agent's default)"
+	if cfg.PeerSet > 0 {
+		set = strconv.Itoa(cfg.PeerSet)
+	}
+	fmt.Fprintf(w, "model: %s build, %.0f MB/s up and down per host, peer set %s, seed %d\n",
+		fmtBytes(cfg.Size), cfg.Up/1e6, set, cfg.Seed)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "N\tpieces\tbound s\tp50\tp99\tp99.9\tmax (× bound)\tconns/host mean\tmax\tHAVEs/host\trequests/host\torigin sent\tgossip to all\tmissed\tpush/pull every\thost CPU s\t")
+	fmt.Fprintln(tw, "N\tpeer set\tpieces\tbound s\tp50\tp99\tp99.9\tmax (× bound)\tconns/host mean\tmax\tHAVEs/host\trequests/host\torigin sent\tgossip to all\tmissed\tpush/pull every\thost CPU s\t")
 	for _, r := range rs {
 		cpu := "-"
 		if r.HostCPUSeconds > 0 {
 			cpu = fmt.Sprintf("%.1f", r.HostCPUSeconds)
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%.2f×S\t%.1fs\t%d\t%.0fs\t%s\t\n",
-			r.N, r.Pieces, r.Bound, r.P50x, r.P99x, r.P999x, r.MaxX, r.DegreeMean, r.DegreeMax,
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%.2f×S\t%.1fs\t%d\t%.0fs\t%s\t\n",
+			r.N, r.PeerSet, r.Pieces, r.Bound, r.P50x, r.P99x, r.P999x, r.MaxX, r.DegreeMean, r.DegreeMax,
 			r.HavesPerHost, r.RequestsPerHost, r.OriginX, float64(r.GossipRounds)*gossipInterval, r.GossipMissed, r.PushPullInterval, cpu)
 	}
 	return tw.Flush()

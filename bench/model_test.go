@@ -34,3 +34,18 @@ func TestModel(t *testing.T) {
 		t.Error("the same seed gave different figures")
 	}
 }
+
+// With no peer set given, the model uses the agent's default for each
+// fleet size, so its figures describe the fleet as shipped.
+func TestModelFollowsTheAgentsPeerSet(t *testing.T) {
+	rs := Model(ModelConfig{Hosts: []int{20, 200}, Size: 20 << 20, Up: 10e6, Seed: 7})
+	for i, want := range []int{5, 7} {
+		r := rs[i]
+		if r.PeerSet != want {
+			t.Errorf("N=%d: peer set %d; want the agent's default %d", r.N, r.PeerSet, want)
+		}
+		if r.DegreeMean < float64(want) || r.DegreeMean > 2*float64(want) {
+			t.Errorf("N=%d: %.1f connections per host with a peer set of %d; want between 1× and 2× it", r.N, r.DegreeMean, want)
+		}
+	}
+}

@@ -63,7 +63,7 @@ func runAgent(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.up, "upload-rate", "cap on piece upload, e.g. 10MB (per second; default unlimited)")
 	fs.Var(&f.down, "download-rate", "cap on piece download, e.g. 10MB (per second; default unlimited)")
 	fs.IntVar(&f.maxPeers, "max-peers", 0, "connections per build (default 50)")
-	fs.IntVar(&f.peerSet, "peer-set", 0, "members a fetching host dials per build, a random sample topped up as connections close (default 10)")
+	fs.IntVar(&f.peerSet, "peer-set", 0, "members a fetching host dials per build, a random sample topped up as connections close (default: follows the fleet, 5 up to 63 members, then one more per doubling)")
 	fs.DurationVar(&f.peerRefresh, "peer-refresh", 0, "how often each fetch's peer set is topped up (default 2s)")
 	fs.StringVar(&f.handout, "handout", "", "on (default): the origin hands each piece to one host over HTTP; off: the origin is a plain torrent seed (for measurement)")
 	fs.StringVar(&f.fetch, "fetch", "", "fetch method: swarm (default) or origin (bench baseline: HTTP from the origin only)")

@@ -21,7 +21,7 @@ func runModel(ctx context.Context, env Env, args []string) error {
 	size, up := sizeFlag(100e6), sizeFlag(10e6)
 	fs.Var(&size, "size", "build size")
 	fs.Var(&up, "up", "upload and download cap per host, per second")
-	peerSet := fs.Int("peer-set", 10, "members each host dials (the agent's peer_set)")
+	peerSet := fs.Int("peer-set", 0, "members each host dials (the agent's peer_set); 0 follows the fleet as the agent does: 5 up to 63 hosts, then one more per doubling")
 	seed := fs.Uint64("seed", 1, "random seed (the same seed gives the same figures)")
 	cpu := fs.Float64("host-cpu-per-gb", 0, "measured host CPU-s per GB (from shoal bench) to turn the build size into CPU per host")
 	kraken := fs.Bool("kraken", false, "Kraken's published case: --size 3GB --up 300MB --hosts 2600")
@@ -42,8 +42,8 @@ func runModel(ctx context.Context, env Env, args []string) error {
 		}
 		cfg.Hosts = append(cfg.Hosts, n)
 	}
-	if cfg.Size < 1<<20 || cfg.Up <= 0 || cfg.PeerSet < 1 {
-		return fmt.Errorf("model: want --size of at least 1 MiB, a positive --up and --peer-set of at least 1")
+	if cfg.Size < 1<<20 || cfg.Up <= 0 || cfg.PeerSet < 0 {
+		return fmt.Errorf("model: want --size of at least 1 MiB, a positive --up and a --peer-set of 0 (follow the fleet) or more")
 	}
 	return bench.WriteModel(env.Stdout, cfg, bench.Model(cfg))
 }

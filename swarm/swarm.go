@@ -324,12 +324,12 @@ func (s *Swarm) refreshPeers() {
 }
 
 // topUp offers a fetching transfer enough members to bring its peer set
-// back to PeerSet: connected peers (whoever dialed) and offers still being
+// back to the peer set (Config.peerSet): connected peers (whoever dialed) and offers still being
 // dialed count. The origin comes first when the transfer may use it (it
 // has every piece; while the origin hands out slices over HTTP it is kept
 // out), then members drawn at random from those it is not connected to
 // and has not been offered lately. A transfer that has verified nothing
-// new for widenAfter gets a larger set, one PeerSet more per widenAfter,
+// new for widenAfter gets a larger set, one peer set more per widenAfter,
 // so a set whose peers lack what it needs (a piece whose only holder is
 // elsewhere) grows until it reaches one that has it.
 //
@@ -348,7 +348,7 @@ func (s *Swarm) topUp(x *Transfer, members []torrent.PeerInfo) {
 		connected[pc.PeerID] = true
 	}
 	have := x.verified()
-	offer := x.pickPeers(s.cfg.PeerSet, s.cfg.MaxPeers, members, connected, have, now)
+	offer := x.pickPeers(s.cfg, members, connected, have, now)
 	// Outside x.mu: the engine calls back into the transfer (onUseful takes
 	// x.mu) with its own lock held, so holding x.mu while AddPeers waits for
 	// that lock froze the agent (seen in the bench: one host of ten stopped
@@ -358,7 +358,8 @@ func (s *Swarm) topUp(x *Transfer, members []torrent.PeerInfo) {
 }
 
 // pickPeers chooses the members topUp offers and records them as offered.
-func (x *Transfer) pickPeers(peerSet, maxPeers int, members []torrent.PeerInfo, connected map[torrent.PeerID]bool, have int64, now time.Time) []torrent.PeerInfo {
+// members are the other members it may dial: with this host, the fleet.
+func (x *Transfer) pickPeers(cfg Config, members []torrent.PeerInfo, connected map[torrent.PeerID]bool, have int64, now time.Time) []torrent.PeerInfo {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.offeredAt == nil {
@@ -376,8 +377,8 @@ func (x *Transfer) pickPeers(peerSet, maxPeers int, members []torrent.PeerInfo, 
 			pending++
 		}
 	}
-	set := peerSet * (1 + int(now.Sub(x.lastGain)/widenAfter))
-	want := min(set, maxPeers) - len(connected) - pending
+	set := cfg.peerSet(len(members)+1) * (1 + int(now.Sub(x.lastGain)/widenAfter))
+	want := min(set, cfg.MaxPeers) - len(connected) - pending
 	if want <= 0 {
 		return nil
 	}
@@ -409,7 +410,7 @@ func (x *Transfer) pickPeers(peerSet, maxPeers int, members []torrent.PeerInfo, 
 const reofferAfter = 3 * time.Second
 
 // widenAfter is how long a transfer may go without verifying a piece
-// before its peer set grows by another PeerSet members.
+// before its peer set grows by another peer set of members.
 const widenAfter = 5 * time.Second
 
 // closeSeedToSeed closes a complete transfer's connections to peers that

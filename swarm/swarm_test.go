@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anacrolix/torrent"
 	"github.com/rs/zerolog"
 
 	"github.com/shoal-deploy/shoal/core"
@@ -384,6 +385,43 @@ func TestPeerSetBoundsConnections(t *testing.T) {
 	t.Logf("12 hosts, peer set 2: %d connections opened, %d offers", opened/2, offered)
 	if opened/2 >= 33 {
 		t.Errorf("%d connections for 12 hosts with a peer set of 2; want well under a full mesh's 66", opened/2)
+	}
+}
+
+// The default peer set follows the fleet: 5 up to 63 members, then one
+// more per doubling; a configured set is kept as it is, and MaxPeers caps
+// both. Checked where topUp decides it: how many members one call offers
+// a fetch that has none connected.
+func TestPeerSetFollowsTheFleet(t *testing.T) {
+	for n, want := range map[int]int{0: 5, 2: 5, 20: 5, 63: 5, 64: 6, 127: 6, 1023: 9, 1024: 10, 10000: 13} {
+		if got := PeerSetFor(n); got != want {
+			t.Errorf("PeerSetFor(%d) = %d; want %d", n, got, want)
+		}
+	}
+	members := func(n int) []torrent.PeerInfo {
+		ps := make([]torrent.PeerInfo, n)
+		for i := range ps {
+			ps[i] = torrent.PeerInfo{Id: PeerIDFor(fmt.Sprintf("host-%d", i))}
+		}
+		return ps
+	}
+	for _, c := range []struct {
+		peerSet, maxPeers, fleet, want int
+	}{
+		{0, 0, 40, 5},     // the default in a 40-host fleet
+		{0, 0, 1024, 10},  // and in a 1,024-host one
+		{0, 0, 10000, 13}, // and at 10,000
+		{10, 0, 40, 10},   // a configured set is kept
+		{0, 3, 40, 3},     // max_peers caps the default
+		{0, 0, 3, 2},      // a small fleet: every other member
+	} {
+		cfg := Config{PeerSet: c.peerSet, MaxPeers: c.maxPeers}
+		cfg.applyDefaults()
+		x := &Transfer{m: &core.Manifest{Origin: "origin"}}
+		offer := x.pickPeers(cfg, members(c.fleet-1), nil, 0, time.Now())
+		if len(offer) != c.want {
+			t.Errorf("peer_set %d, max_peers %d, %d-host fleet: %d members offered; want %d", c.peerSet, c.maxPeers, c.fleet, len(offer), c.want)
+		}
 	}
 }
 
