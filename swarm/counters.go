@@ -35,7 +35,7 @@ func (s *Swarm) onConnAdded(*torrent.PeerConn)          { s.count.opened.Add(1) 
 // Counters returns the counters by name (recv_have, recv_bitfield,
 // recv_request, recv_piece, …, requests_sent, conns_opened, conns_closed,
 // peer_refreshes, peers_offered, memory_trims, piece_bytes_read_back,
-// sendfile_bytes); zero ones are left out.
+// sendfile_bytes, piece_db_writes); zero ones are left out.
 func (s *Swarm) Counters() map[string]int64 {
 	out := map[string]int64{}
 	put := func(k string, v int64) {
@@ -55,5 +55,6 @@ func (s *Swarm) Counters() map[string]int64 {
 	put("memory_trims", s.count.trims.Load())
 	put("piece_bytes_read_back", s.count.readBack.Load())
 	put("sendfile_bytes", s.count.sendfile.Load())
+	put("piece_db_writes", s.pc.writes.Load())
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/anacrolix/torrent/metainfo"
@@ -29,7 +30,10 @@ import (
 //     crash drops is found by hashing instead: a restarted agent re-hashes
 //     every piece the database calls complete before serving any
 //     (CheckBeforeServing), and the install checks the archive's SHA-256.
-type pieceDB struct{ db *bbolt.DB }
+type pieceDB struct {
+	db     *bbolt.DB
+	writes *atomic.Int64 // write transactions (the piece_db_writes counter)
+}
 
 var _ storage.PieceCompletion = (*pieceDB)(nil)
 
@@ -49,7 +53,7 @@ func openPieceDB(dir string) (*pieceDB, error) {
 		return nil, err
 	}
 	db.NoSync = true
-	return &pieceDB{db}, nil
+	return &pieceDB{db: db, writes: new(atomic.Int64)}, nil
 }
 
 func pieceKey(i int) []byte {
@@ -82,7 +86,7 @@ func (p *pieceDB) Set(pk metainfo.PieceKey, complete bool) error {
 	if c, err := p.Get(pk); err == nil && c.Ok && c.Complete == complete {
 		return nil
 	}
-	return p.db.Update(func(tx *bbolt.Tx) error {
+	return p.update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(completionBucket)
 		if err != nil {
 			return err
@@ -98,9 +102,47 @@ func (p *pieceDB) Set(pk metainfo.PieceKey, complete bool) error {
 	})
 }
 
+// Fresh records every one of a build's n pieces as not complete, in one
+// transaction, when the database knows nothing of the build (no record
+// of it); it reports whether it did. Add calls it for a build none of
+// whose bytes are on this host: without it the engine checked each
+// piece whose completion was unknown on adding the build, and each
+// check ended in its own transaction recording "not complete" — at
+// N = 40, 96 of them per host as the deploy began, 23 % of the
+// machine's CPU while the signal reached the fleet. Recording a piece as
+// not complete is always safe: at worst it is fetched again.
+func (p *pieceDB) Fresh(ih metainfo.Hash, n int) (bool, error) {
+	fresh := false
+	err := p.update(func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(completionBucket)
+		if err != nil {
+			return err
+		}
+		if b.Bucket(ih[:]) != nil {
+			return nil
+		}
+		if b, err = b.CreateBucket(ih[:]); err != nil {
+			return err
+		}
+		for i := range n {
+			if err := b.Put(pieceKey(i), []byte(pieceIncomplete)); err != nil {
+				return err
+			}
+		}
+		fresh = true
+		return nil
+	})
+	return fresh && err == nil, err
+}
+
+func (p *pieceDB) update(f func(*bbolt.Tx) error) error {
+	p.writes.Add(1)
+	return p.db.Update(f)
+}
+
 // Forget deletes every record of the build with this info hash.
 func (p *pieceDB) Forget(ih metainfo.Hash) error {
-	return p.db.Update(func(tx *bbolt.Tx) error {
+	return p.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(completionBucket)
 		if b == nil || b.Bucket(ih[:]) == nil {
 			return nil

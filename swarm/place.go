@@ -54,6 +54,31 @@ type placement struct {
 	check   *pieceCheck            // SHA-256 piece checks (pieces.go); nil: the engine's SHA-1
 }
 
+// empty reports whether none of the build's bytes are on this host: no
+// archive (or framing file), and for a tree placement no installed
+// release and nothing in the tree yet.
+func (p *placement) empty() bool {
+	if p.sealed.Load() {
+		return false
+	}
+	if _, err := os.Lstat(p.archive); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if p.tree == "" {
+		return true
+	}
+	d, err := os.Open(p.tree)
+	if errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(1)
+	return len(names) == 0
+}
+
 // framingPath is the side file of a tree placement: the archive's tar
 // framing at the archive's offsets, holes where file contents go.
 func framingPath(archive string) string { return archive + ".framing" }

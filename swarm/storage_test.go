@@ -2,7 +2,9 @@ package swarm
 
 import (
 	"context"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
@@ -106,5 +108,42 @@ func TestDropForgetsPieces(t *testing.T) {
 	}
 	if c, _ := s.pc.Get(pk); c.Ok {
 		t.Errorf("piece 0 of the dropped build still reads %+v", c)
+	}
+}
+
+// A build none of whose bytes are on a host is recorded as "no piece
+// complete" in one transaction when it is added, so the engine does not
+// check its pieces one by one (each check ended in a transaction of its
+// own: 96 per host as a 40-host deploy began). A build whose archive is
+// on disk while the database knows nothing of it (records lost in a
+// crash) is still checked piece by piece, and found complete without a
+// byte fetched.
+func TestNewBuildIsNotCheckedPieceByPiece(t *testing.T) {
+	ctx := context.Background()
+	nodes := startSwarms(t, 3, 44, zerolog.Nop(), nil)
+	m, data := publish(t, nodes[0], 8<<20+333)
+	pieces := int64(len(data)+int(m.PieceLength)-1) / m.PieceLength
+	fetcher, restored := nodes[1], nodes[2]
+	before := fetcher.Counters()["piece_db_writes"]
+	fetchAll(t, nodes[:2], m, data)
+	// One transaction for the new build, one per piece as it completes.
+	if w := fetcher.Counters()["piece_db_writes"] - before; w > pieces+1 {
+		t.Errorf("fetching a new build of %d pieces took %d piece database writes; want at most %d (one for the build, one per completed piece)", pieces, w, pieces+1)
+	}
+
+	if err := os.WriteFile(restored.ArchivePath(m.Service, m.Build), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	x, err := restored.Add(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := x.Wait(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := x.Progress(); p.Received != 0 || p.Have != int64(len(data)) {
+		t.Errorf("a build already on disk: %d bytes fetched, %d verified; want 0 and all %d (checked, not marked missing)", p.Received, p.Have, len(data))
 	}
 }

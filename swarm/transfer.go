@@ -430,6 +430,12 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	}
 	spec.ChunkSize = pp.Integer(ChunkSize(info.PieceLength))
 	pl := s.placementFor(m, &info, spec.InfoHash, sums)
+	if pl.empty() {
+		// Nothing of it here: no piece needs checking (pieceDB.Fresh).
+		if _, err := s.pc.Fresh(spec.InfoHash, info.NumPieces()); err != nil {
+			s.log.Warn().Err(err).Str("build", m.Build).Msg("piece database: cannot record a new build's pieces; the engine will check each")
+		}
+	}
 	t, _, err := s.cl.AddTorrentSpec(spec)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: add %s/%s: %w", m.Service, m.Build, err)
