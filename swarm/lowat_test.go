@@ -105,6 +105,20 @@ func TestMarkedConnSetsRcvlowat(t *testing.T) {
 	}
 }
 
+// Both ends of a peer connection, dialed and accepted, keep a shallow
+// send queue: TCP_NOTSENT_LOWAT at notSentMark, so a HAVE or a request
+// waits behind at most that much unsent piece data.
+func TestMarkedConnKeepsAShallowSendQueue(t *testing.T) {
+	a, b := markedPair(t)
+	for name, c := range map[string]*markedConn{"dialed": a, "accepted": b} {
+		v := -1
+		c.raw.Control(func(fd uintptr) { v, _ = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpNotSentLowat) })
+		if v != notSentMark {
+			t.Errorf("%s connection: TCP_NOTSENT_LOWAT %d, want %d", name, v, notSentMark)
+		}
+	}
+}
+
 // markedPair is a connected pair of marked connections on loopback.
 func markedPair(t *testing.T) (a, b *markedConn) {
 	t.Helper()
