@@ -110,11 +110,11 @@ const minPeerSet = 5
 // at once, each sent in smaller packets) grow with the set; the
 // overlay's reach per round grows with it too, which a big fleet needs
 // and a small one does not. On the bench (100 MB, 10 MB/s, 20 and 40
-// hosts on two cores) a set of 5 cost 0.80-0.82 × aria2c's machine CPU
-// where a set of 10 cost 0.93-1.06 ×, and its last host was no slower;
-// `shoal model` puts the slowest host at 10,000 hosts at 1.27 × the
-// bound with this set, 1.31 × with a fixed 10 (docs/BENCHMARKS.md,
-// "A peer set that follows the fleet").
+// hosts on two cores, the same hour) a set of 5 cost 0.84 × and 0.83 ×
+// the machine CPU of a set of 10, and its last host was no slower;
+// `shoal model` puts the slowest of 10,000 hosts at 1.27 × the bound
+// with this set, 1.31 × with a fixed 10 (docs/BENCHMARKS.md, "A peer
+// set that follows the fleet").
 func PeerSetFor(n int) int {
 	return max(minPeerSet, bits.Len(uint(max(n, 0)))-1)
 }

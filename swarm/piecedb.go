@@ -32,7 +32,7 @@ import (
 //     (CheckBeforeServing), and the install checks the archive's SHA-256.
 type pieceDB struct {
 	db     *bbolt.DB
-	writes *atomic.Int64 // write transactions (the piece_db_writes counter)
+	writes atomic.Int64 // write transactions (the piece_db_writes counter)
 }
 
 var _ storage.PieceCompletion = (*pieceDB)(nil)
@@ -53,7 +53,7 @@ func openPieceDB(dir string) (*pieceDB, error) {
 		return nil, err
 	}
 	db.NoSync = true
-	return &pieceDB{db: db, writes: new(atomic.Int64)}, nil
+	return &pieceDB{db: db}, nil
 }
 
 func pieceKey(i int) []byte {
@@ -104,16 +104,15 @@ func (p *pieceDB) Set(pk metainfo.PieceKey, complete bool) error {
 
 // Fresh records every one of a build's n pieces as not complete, in one
 // transaction, when the database knows nothing of the build (no record
-// of it); it reports whether it did. Add calls it for a build none of
+// of it). Add calls it for a build none of
 // whose bytes are on this host: without it the engine checked each
 // piece whose completion was unknown on adding the build, and each
 // check ended in its own transaction recording "not complete" — at
 // N = 40, 96 of them per host as the deploy began, 23 % of the
 // machine's CPU while the signal reached the fleet. Recording a piece as
 // not complete is always safe: at worst it is fetched again.
-func (p *pieceDB) Fresh(ih metainfo.Hash, n int) (bool, error) {
-	fresh := false
-	err := p.update(func(tx *bbolt.Tx) error {
+func (p *pieceDB) Fresh(ih metainfo.Hash, n int) error {
+	return p.update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(completionBucket)
 		if err != nil {
 			return err
@@ -129,10 +128,8 @@ func (p *pieceDB) Fresh(ih metainfo.Hash, n int) (bool, error) {
 				return err
 			}
 		}
-		fresh = true
 		return nil
 	})
-	return fresh && err == nil, err
 }
 
 func (p *pieceDB) update(f func(*bbolt.Tx) error) error {

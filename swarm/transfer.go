@@ -432,7 +432,7 @@ func (s *Swarm) Add(ctx context.Context, m *core.Manifest) (*Transfer, error) {
 	pl := s.placementFor(m, &info, spec.InfoHash, sums)
 	if pl.empty() {
 		// Nothing of it here: no piece needs checking (pieceDB.Fresh).
-		if _, err := s.pc.Fresh(spec.InfoHash, info.NumPieces()); err != nil {
+		if err := s.pc.Fresh(spec.InfoHash, info.NumPieces()); err != nil {
 			s.log.Warn().Err(err).Str("build", m.Build).Msg("piece database: cannot record a new build's pieces; the engine will check each")
 		}
 	}
