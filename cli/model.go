@@ -43,7 +43,7 @@ func runModel(ctx context.Context, env Env, args []string) error {
 		cfg.Hosts = append(cfg.Hosts, n)
 	}
 	if cfg.Size < 1<<20 || cfg.Up <= 0 || cfg.PeerSet < 0 {
-		return fmt.Errorf("model: want --size of at least 1 MiB, a positive --up and a --peer-set of 0 (follow the fleet) or more")
+		return fmt.Errorf("want --size of at least 1 MiB, a positive --up and a --peer-set of 0 (follow the fleet) or more")
 	}
 	return bench.WriteModel(env.Stdout, cfg, bench.Model(cfg))
 }
