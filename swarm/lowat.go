@@ -60,9 +60,9 @@ const maxMark = 512 << 10
 // writable again below it; what the network has in flight is not
 // limited), so a message waits behind at most that much. Measured
 // (docs/BENCHMARKS.md, "A shallow send queue"; 100 MB at 10 MB/s, 3 runs
-// each, medians): the last host 11.58 against 12.47 s at N = 5, 15.01
-// against 15.82 at 20, 17.67 against 18.17 at 40, machine CPU the same
-// within the runs' spread.
+// each, medians): the last host 11.59 against 12.17 s at N = 5, 15.18
+// against 15.65 at 20, 17.10 against 17.49 at 40, machine CPU the same
+// within the runs' spread; 256 KiB was no better.
 const notSentMark = 128 << 10
 
 // tcpNotSentLowat is TCP_NOTSENT_LOWAT (linux/tcp.h), which package
