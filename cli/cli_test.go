@@ -88,6 +88,10 @@ func TestCommandsHaveHelpAndFailClearly(t *testing.T) {
 	if code, _, errs := run("agent", "--node", "a", "--data-dir", "/srv/shoal", "--bind", "127.0.0.2", "--insecure-dev", "--max-procs", "-1"); code != 1 || !strings.Contains(errs, "max_procs (--max-procs) is -1") {
 		t.Errorf("agent --max-procs -1: exit %d, stderr %q", code, errs)
 	}
+	// 0 now means "follow the fleet"; a negative set is still refused.
+	if code, _, errs := run("model", "--peer-set", "-1", "--hosts", "20"); code != 1 || !strings.Contains(errs, "a --peer-set of 0 (follow the fleet) or more") {
+		t.Errorf("model --peer-set -1: exit %d, stderr %q", code, errs)
+	}
 }
 
 // keygen writes a key pair that parses, never overwrites, and keeps the
